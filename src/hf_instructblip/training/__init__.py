@@ -1,0 +1,1 @@
+"""Instruction tuning: templates, dataset recipes, mixture sampling, collator and Trainer."""
