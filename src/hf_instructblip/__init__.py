@@ -1,0 +1,1 @@
+"""hf_instructblip: InstructBLIP on the Hugging Face stack."""
