@@ -14,6 +14,7 @@ unchanged. This file ships to the Hub (`trust_remote_code`): it imports only `tr
 configuration file next to it.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -557,10 +558,9 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         applies. Without `generation_config` the model's own (`generation_config.json`) is used.
 
         Returns:
-            `torch.LongTensor` (or a `GenerateOutput` with `return_dict_in_generate=True`). Decoder-only LLM: the
-            prompt ids (placeholders included) followed by the new tokens, as every `transformers` decoder-only
-            model returns them; slice with `[:, input_ids.shape[1]:]` for the answer alone. Encoder-decoder LLM: the
-            decoder start token followed by the new tokens.
+            `torch.LongTensor` (or a `GenerateOutput` with `return_dict_in_generate=True`): the answer tokens, without
+            the prompt, for both LLM kinds, as LAVIS returns them (`transformers`' built-in echoes the prompt of a
+            decoder-only LLM). An encoder-decoder LLM's output starts with its decoder start token.
         """
         # The checkpoint's generation_config.json is loaded into this model; the LLM generates, so it must see it.
         self.language_model.generation_config = self.generation_config
@@ -575,10 +575,16 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             input_ids = self._default_prompt_ids(pixel_values.shape[0], frames, image_features.device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        inputs = {"inputs_embeds": self._embed_prompt(input_ids, image_features), "attention_mask": attention_mask}
-        if self.config.use_decoder_only_language_model:
-            inputs["input_ids"] = input_ids
-        return self.language_model.generate(**inputs, generation_config=generation_config, **generate_kwargs)
+        # Only embeddings go to the LLM, as in LAVIS: the output is the answer alone, and logits processors such as
+        # the repetition penalty see the generated tokens, not the prompt (transformers warns about exactly that).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*apply the penalty only to newly generated tokens.*")
+            return self.language_model.generate(
+                inputs_embeds=self._embed_prompt(input_ids, image_features),
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                **generate_kwargs,
+            )
 
 
 __all__ = [

@@ -8,8 +8,10 @@ This file ships to the Hub (`trust_remote_code`): it imports only `transformers`
 """
 
 import io
+import json
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -182,6 +184,11 @@ class InstructBlipProcessor(ProcessorMixin):
         images = images if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("images is an empty list.")
+        if all(isinstance(sample, (list, tuple)) for sample in images):  # per-sample lists, as chat templates give
+            counts = [len(sample) for sample in images]
+            if any(count != 1 for count in counts):
+                raise ValueError(f"InstructBLIP reads one image per instruction; the samples hold {counts} images.")
+            images = [sample[0] for sample in images]
         images = [to_rgb(image, f"images[{i}]") for i, image in enumerate(images)]
         return np.asarray(self.image_processor(images, return_tensors="np", **images_kwargs)["pixel_values"])
 
@@ -224,6 +231,20 @@ class InstructBlipProcessor(ProcessorMixin):
                 "tokens; the Q-Former reads only their last tokens (LAVIS truncates from the left too)."
             )
         return self.qformer_tokenizer(text, truncation=True, max_length=self.qformer_max_length, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save like any processor, minus the `processor_class` name.
+
+        `AutoProcessor` resolves that name among `transformers`' own classes before any registered one, and
+        `transformers` has its own `InstructBlipProcessor`. Without the name it follows the model config's
+        `model_type` (registered by this package) or, with `trust_remote_code`, the saved `auto_map`.
+        """
+        saved = super().save_pretrained(save_directory, **kwargs)
+        for path in Path(save_directory).glob("**/*config.json"):
+            content = json.loads(path.read_text(encoding="utf-8"))
+            if content.pop("processor_class", None) is not None:
+                path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return saved
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
         """Decode `generate()` outputs (the `<image>` placeholders are special tokens, so they are skipped)."""
