@@ -85,7 +85,7 @@ def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         values = np.asarray(image, dtype=np.float64)
         top = 1.0 if image.mode == "F" else 65535.0
         values = np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
-        return PIL.Image.fromarray(values, mode="L").convert("RGB")
+        return PIL.Image.fromarray(values).convert("RGB")  # uint8 (H, W): mode L
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
@@ -114,7 +114,7 @@ class InstructBlipProcessor(ProcessorMixin):
     ```python
     >>> inputs = processor(images=image, text="What is unusual about this image?", return_tensors="pt")
     >>> output_ids = model.generate(**inputs, max_new_tokens=20)
-    >>> processor.batch_decode(output_ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    >>> processor.batch_decode(output_ids, skip_special_tokens=True)  # the answers alone
     ```
     """
 
