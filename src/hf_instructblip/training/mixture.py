@@ -84,6 +84,7 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
         seed: int = 0,
     ):
         self.sizes = dict(sizes)
+        self.alpha = alpha
         self.weights = mixture_weights(self.sizes, alpha, multipliers)
         self.num_samples = sum(self.sizes.values()) if num_samples is None else num_samples
         if self.num_samples <= 0:
@@ -115,7 +116,13 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
 
     def state_dict(self) -> dict:
         """What fixes the stream; saved next to the Trainer checkpoint."""
-        return {"sizes": self.sizes, "weights": self.weights, "num_samples": self.num_samples, "seed": self.seed}
+        return {
+            "sizes": self.sizes,
+            "alpha": self.alpha,
+            "weights": self.weights,
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+        }
 
     def check_resumable_from(self, state: Mapping) -> None:
         """Raise if `state` (from a checkpoint) describes another stream: resuming would silently change the data."""
