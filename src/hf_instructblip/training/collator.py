@@ -71,13 +71,16 @@ class InstructBlipDataCollator:
     decoder_only: bool = True
     max_instruction_length: int = 128
     max_answer_length: int = 256
-    truncated: dict = field(default_factory=lambda: {"instructions": 0, "answers": 0}, init=False)
+    truncated: dict = field(
+        default_factory=lambda: {"instructions": 0, "qformer_instructions": 0, "answers": 0}, init=False
+    )
 
     def __post_init__(self):
         tokenizer = self.processor.tokenizer
         for attribute in ("pad_token_id", "eos_token_id"):
             if getattr(tokenizer, attribute) is None:
-                raise ValueError(f"The LLM tokenizer needs a {attribute[:-3]} token for training; it has none.")
+                name = attribute.removesuffix("_token_id")
+                raise ValueError(f"The LLM tokenizer needs a {name} token for training; it has none.")
         if self.processor.qformer_tokenizer.pad_token_id is None:
             raise ValueError("The Q-Former tokenizer needs a pad token for training; it has none.")
         if self.max_answer_length < 2 or self.max_instruction_length < 2:
@@ -91,7 +94,7 @@ class InstructBlipDataCollator:
         answers = [example["text_output"] for example in examples]
 
         batch = self._language_model_inputs(instructions, answers)
-        qformer_ids = self._instruction_ids(self.processor.qformer_tokenizer, instructions)
+        qformer_ids = self._instruction_ids(self.processor.qformer_tokenizer, instructions, "qformer_instructions")
         batch["qformer_input_ids"] = pad(qformer_ids, self.processor.qformer_tokenizer.pad_token_id)
         batch["qformer_attention_mask"] = pad([[1] * len(ids) for ids in qformer_ids], 0)
         images = [example["image"] for example in examples]
@@ -101,7 +104,7 @@ class InstructBlipDataCollator:
     def _language_model_inputs(self, instructions: list[str], answers: list[str]) -> dict[str, torch.Tensor]:
         tokenizer = self.processor.tokenizer
         placeholders = [self.processor.image_token_id] * self.processor.num_query_tokens
-        prompts = [placeholders + ids for ids in self._instruction_ids(tokenizer, instructions)]
+        prompts = [placeholders + ids for ids in self._instruction_ids(tokenizer, instructions, "instructions")]
         targets = self._answer_ids(answers)
         if self.decoder_only:
             sequences = [prompt + target for prompt, target in zip(prompts, targets)]
@@ -118,12 +121,12 @@ class InstructBlipDataCollator:
             "decoder_attention_mask": pad([[1] * len(ids) for ids in targets], 0),
         }
 
-    def _instruction_ids(self, tokenizer, instructions: list[str]) -> list[list[int]]:
+    def _instruction_ids(self, tokenizer, instructions: list[str], counter: str) -> list[list[int]]:
         encoded = tokenizer(instructions, add_special_tokens=True, return_special_tokens_mask=True)
         rows = []
         for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"]):
             rows.append(truncate_left(ids, special, self.max_instruction_length))
-            self._count_truncation("instructions", len(ids) > len(rows[-1]), self.max_instruction_length)
+            self._count_truncation(counter, len(ids) > len(rows[-1]), self.max_instruction_length)
         return rows
 
     def _answer_ids(self, answers: list[str]) -> list[list[int]]:
