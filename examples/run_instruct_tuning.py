@@ -28,7 +28,7 @@ import transformers
 from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, pipeline
 
 from hf_instructblip.training.recipes import RECIPES, load_source, prepare_dataset
-from hf_instructblip.training.trainer import InstructBlipTrainer, InstructBlipTrainingArguments
+from hf_instructblip.training.trainer import InstructBlipTrainer, InstructBlipTrainingArguments, merge_lora
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,17 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Converted or official checkpoint (local dir or Hub id). None: the miniature."}
     )
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA, the paper's setting)."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "LLM modules that get LoRA adapters (Flan-T5: q v)."},
+    )
     miniature_cache_dir: str = field(
         default=os.path.join(os.path.expanduser("~"), ".cache", "hf_instructblip"),
         metadata={"help": "Where the miniature's pre-trained tiny base (stage 0) is cached."},
     )
+    miniature_pretraining_steps: int = field(default=1600, metadata={"help": "Stage-0 steps of the miniature."})
+    miniature_eval_examples: int = field(default=200, metadata={"help": "Miniature evaluation examples per task."})
 
 
 @dataclass
@@ -99,6 +106,15 @@ def prepared(spec: DatasetSpec, split: str, data_args: DataArguments, seed: int)
                            image_root=image_roots.get(spec.name), on_bad_image=data_args.on_bad_image)
 
 
+def lora_config(model_args: ModelArguments):
+    if not model_args.lora_rank:
+        return None
+    from peft import LoraConfig  # noqa: PLC0415 (optional dependency)
+
+    rank = model_args.lora_rank
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=model_args.lora_target_modules)
+
+
 def run_real(model_args: ModelArguments, data_args: DataArguments, training_args: InstructBlipTrainingArguments):
     specs = [parse_dataset_spec(text) for text in data_args.datasets]
     model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path)
@@ -113,9 +129,11 @@ def run_real(model_args: ModelArguments, data_args: DataArguments, training_args
             s.name: prepared(s, data_args.eval_split, data_args, training_args.seed)
             for s in map(parse_dataset_spec, data_args.eval_datasets)
         },
+        peft_config=lora_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
+    merge_lora(trainer.model)
+    trainer.save_model()  # with the processor
     if training_args.push_to_hub:
         trainer.push_to_hub()
 
@@ -127,10 +145,13 @@ def run_miniature(model_args: ModelArguments, data_args: DataArguments, args: In
     import shapes_miniature as world  # noqa: PLC0415 (the miniature's world lives beside this script)
 
     start = time.perf_counter()
-    model, processor = world.pretrained_base(model_args.miniature_cache_dir)
-    sets = world.eval_sets(200, seed=args.seed)
+    settings = world.PretrainingSettings(steps=model_args.miniature_pretraining_steps)
+    model, processor = world.pretrained_base(model_args.miniature_cache_dir, settings)
+    sets = world.eval_sets(model_args.miniature_eval_examples, seed=args.seed)
     before = world.evaluate_tasks(model, processor, sets)
-    promptless = world.exact_match(model, processor, sets["caption"]["images"], [""] * 200, sets["caption"]["targets"])
+    captions = sets["caption"]
+    promptless = world.exact_match(model, processor, captions["images"], [""] * len(captions["images"]),
+                                   captions["targets"])
 
     sources = {task: world.task_dataset(task, size, seed=args.seed + k)
                for k, (task, size) in enumerate(world.TRAIN_SIZES.items())}
@@ -146,8 +167,7 @@ def run_miniature(model_args: ModelArguments, data_args: DataArguments, args: In
     after = world.evaluate_tasks(model, processor, sets)
 
     print_table(before, after, promptless, {task: s["chance"] for task, s in sets.items()}, world.HELD_OUT_TASKS)
-    trainer.save_model()
-    processor.save_pretrained(args.output_dir)
+    trainer.save_model()  # with the processor
     answer_fresh_image(args.output_dir, world, seed=args.seed + 999)
     print(f"\nMiniature done in {time.perf_counter() - start:.0f} s (stage 0 included unless cached).")
 

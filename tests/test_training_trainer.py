@@ -191,3 +191,32 @@ def test_trains_under_trl_sft_trainer(tmp_path):
     before = model.query_tokens.detach().clone()
     sft.train()
     assert not torch.equal(before, model.query_tokens)
+
+
+def test_lora_on_the_language_model_trains_adapters_and_merges_into_a_plain_checkpoint(tmp_path):
+    from peft import LoraConfig
+
+    from hf_instructblip import InstructBlipForConditionalGeneration
+    from hf_instructblip.training.trainer import merge_lora
+
+    model = tiny.model("llama")
+    base_lm = {name: p.detach().clone() for name, p in model.language_model.named_parameters()}
+    run = InstructBlipTrainer(
+        model=model, args=arguments(tmp_path, max_steps=2), processing_class=tiny.processor("llama"),
+        train_datasets={"colour": dataset("colour", 8)},
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    names = trainable_names(run.model)
+    assert any("lora_" in name for name in names) and all(
+        "lora_" in name or name.startswith(PAPER_TRAINABLE_PREFIXES) for name in names
+    )
+    run.train()
+    batch = InstructBlipDataCollator(tiny.processor("llama"))([dataset("colour", 2)[i] for i in range(2)])
+    with torch.no_grad():
+        expected = run.model.eval()(**batch).logits
+    merge_lora(run.model)
+    run.model.save_pretrained(tmp_path / "merged")
+    reloaded = InstructBlipForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+    assert any(not torch.equal(base_lm[n], p) for n, p in reloaded.language_model.named_parameters())

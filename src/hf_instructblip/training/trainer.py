@@ -62,6 +62,24 @@ class InstructBlipTrainingArguments(TrainingArguments):
     max_answer_length: int = field(default=256, metadata={"help": "Answer tokens kept, including </s>."})
 
 
+def add_lora(model: nn.Module, lora_config) -> None:
+    """LoRA adapters (a `peft.LoraConfig`) on the language model, trained alongside the Q-Former.
+
+    Call after [`freeze_for_instruction_tuning`]: peft makes only the adapters of the (frozen) LLM trainable.
+    Checkpoints hold the adapter layout and resume as usual; [`merge_lora`] folds the adapters into the LLM weights
+    before the final `save_pretrained`, so the export loads as a plain InstructBLIP checkpoint.
+    """
+    import peft  # noqa: PLC0415 (optional dependency)
+
+    model.language_model = peft.get_peft_model(model.language_model, lora_config)
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold LoRA adapters into the language model's weights (no-op without adapters)."""
+    if hasattr(model.language_model, "merge_and_unload"):
+        model.language_model = model.language_model.merge_and_unload()
+
+
 def freeze_for_instruction_tuning(
     model: nn.Module,
     *,
@@ -108,6 +126,7 @@ class InstructBlipTrainer(Trainer):
             `args.seed`.
         mixture_multipliers: name → factor on a dataset's weight (the paper raised OK-VQA, lowered A-OKVQA).
         eval_datasets: name → dataset; `evaluate()` reports `eval_<name>_loss` for each.
+        peft_config: a `peft.LoraConfig` to train LoRA adapters on the (otherwise frozen) LLM; see [`add_lora`].
         kwargs: anything else `Trainer` takes (callbacks, `compute_metrics`, ...).
     """
 
@@ -121,12 +140,17 @@ class InstructBlipTrainer(Trainer):
         mixture_multipliers: Mapping[str, float] | None = None,
         eval_datasets: Mapping[str, torch.utils.data.Dataset] | None = None,
         data_collator=None,
+        peft_config=None,
         **kwargs,
     ):
         if "train_dataset" in kwargs or "eval_dataset" in kwargs:
             raise ValueError("Pass named datasets as train_datasets={name: ds} and eval_datasets={name: ds}.")
         args = args if args is not None else InstructBlipTrainingArguments(output_dir="instructblip-tuned")
         self.frozen_modules = freeze_for_instruction_tuning(model, **_freeze_flags(args))
+        if peft_config is not None:
+            # The LLM now trains (its adapters), so it follows Trainer's train/eval switching (LoRA dropout).
+            self.frozen_modules = [m for m in self.frozen_modules if m is not model.language_model]
+            add_lora(model, peft_config)
         self.mixture_sizes = {name: len(dataset) for name, dataset in (train_datasets or {}).items()}
         self.mixture_multipliers = dict(mixture_multipliers or {})
         self.mixture_sampler = None
@@ -241,6 +265,8 @@ def mixture_card_section(sampler: MixtureSampler, multipliers: Mapping[str, floa
 
 __all__ = [
     "InstructBlipTrainer",
+    "add_lora",
+    "merge_lora",
     "InstructBlipTrainingArguments",
     "freeze_for_instruction_tuning",
     "mixture_card_section",
