@@ -204,6 +204,7 @@ MINIATURE_ARGS = [
     "--logging_steps", "250",
     "--save_strategy", "no",
     "--report_to", "none",
+    "--dataloader_pin_memory", "false",
 ]
 
 

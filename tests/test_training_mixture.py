@@ -106,3 +106,13 @@ def test_two_ranks_get_disjoint_shares_of_the_single_process_stream(tmp_path):
     assert sorted(flat[0] + flat[1]) == sorted(i for batch in stream for i in batch)
     interleaved = [batch for pair in zip(*shares) for batch in pair]
     assert interleaved == stream  # rank r gets batches r, r + 2, ... of the one global stream
+
+
+def test_concatenation_reads_batches_like_rows():
+    from hf_instructblip.training.mixture import ConcatenatedDatasets
+
+    a = datasets.Dataset.from_dict({"x": list(range(5))}).with_transform(lambda b: {"y": [v * 10 for v in b["x"]]})
+    both = ConcatenatedDatasets([a, [{"y": -1}, {"y": -2}]])
+    indices = [6, 0, 4, 5, 2, 2]
+    assert both.__getitems__(indices) == [both[i] for i in indices] == [
+        {"y": -2}, {"y": 0}, {"y": 40}, {"y": -1}, {"y": 20}, {"y": 20}]

@@ -220,3 +220,14 @@ def test_lora_on_the_language_model_trains_adapters_and_merges_into_a_plain_chec
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, expected, atol=1e-5, rtol=1e-5)
     assert any(not torch.equal(base_lm[n], p) for n, p in reloaded.language_model.named_parameters())
+
+
+def test_bf16_keeps_frozen_towers_in_bf16_and_trains_float32_weights(tmp_path):
+    model = tiny.model("llama").to(torch.bfloat16)
+    run = trainer(tmp_path, model=model, max_steps=2, bf16=True)
+    dtypes = {name: p.dtype for name, p in run.model.named_parameters()}
+    assert {dtypes[n] for n in trainable_names(run.model)} == {torch.float32}
+    assert dtypes["vision_model.embeddings.patch_embedding.weight"] == torch.bfloat16
+    assert dtypes["language_model.lm_head.weight"] == torch.bfloat16
+    run.train()
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())

@@ -10,8 +10,10 @@ consecutive batches of that stream to the ranks in turn, so the ranks see disjoi
 single-process stream, and resuming replays the stream and skips what was consumed.
 """
 
+import bisect
 import json
 import math
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 
 import datasets
@@ -157,6 +159,28 @@ class _Reshuffler:
         return torch.cat(parts)
 
 
+class ConcatenatedDatasets(torch.utils.data.ConcatDataset):
+    """`ConcatDataset` that reads a batch with one call per member dataset.
+
+    The data loader hands a whole batch of indices to `__getitems__`; a `datasets.Dataset` answers a list of rows
+    with one Arrow query and one transform call, about twice as fast as row by row.
+    """
+
+    def __getitems__(self, indices: list[int]) -> list:
+        rows = [None] * len(indices)
+        by_member = defaultdict(list)
+        for position, index in enumerate(indices):
+            member = bisect.bisect_right(self.cumulative_sizes, index)
+            start = self.cumulative_sizes[member - 1] if member else 0
+            by_member[member].append((position, index - start))
+        for member, items in by_member.items():
+            dataset, local = self.datasets[member], [index for _, index in items]
+            fetched = dataset.__getitems__(local) if hasattr(dataset, "__getitems__") else [dataset[i] for i in local]
+            for (position, _), row in zip(items, fetched):
+                rows[position] = row
+        return rows
+
+
 def _stream_seed(seed: int, epoch: int) -> int:
     # Independent streams per epoch, without the overlap `seed + epoch` would give between runs of nearby seeds.
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -186,4 +210,4 @@ def interleave_mixture(
     )
 
 
-__all__ = ["MixtureSampler", "interleave_mixture", "mixture_weights"]
+__all__ = ["ConcatenatedDatasets", "MixtureSampler", "interleave_mixture", "mixture_weights"]

@@ -28,7 +28,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .collator import InstructBlipDataCollator
-from .mixture import MixtureSampler
+from .mixture import ConcatenatedDatasets, MixtureSampler
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,17 @@ class InstructBlipTrainingArguments(TrainingArguments):
     mixture_alpha: float = field(default=0.5, metadata={"help": "p_d ∝ size_d^alpha (paper: 0.5)."})
     max_instruction_length: int = field(default=128, metadata={"help": "Instruction tokens kept (from the end)."})
     max_answer_length: int = field(default=256, metadata={"help": "Answer tokens kept, including </s>."})
+
+
+def upcast_trainable(model: nn.Module) -> None:
+    """Trainable parameters in float32, frozen ones as loaded (e.g. bfloat16), as LAVIS keeps its Q-Former.
+
+    Under `--bf16`/`--fp16` mixed precision the optimiser then updates float32 weights, while the frozen towers
+    (most of the memory) stay in half precision.
+    """
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.is_floating_point():
+            parameter.data = parameter.data.float()
 
 
 def add_lora(model: nn.Module, lora_config) -> None:
@@ -147,6 +158,8 @@ class InstructBlipTrainer(Trainer):
             raise ValueError("Pass named datasets as train_datasets={name: ds} and eval_datasets={name: ds}.")
         args = args if args is not None else InstructBlipTrainingArguments(output_dir="instructblip-tuned")
         self.frozen_modules = freeze_for_instruction_tuning(model, **_freeze_flags(args))
+        if args.bf16 or args.fp16:
+            upcast_trainable(model)
         if peft_config is not None:
             # The LLM now trains (its adapters), so it follows Trainer's train/eval switching (LoRA dropout).
             self.frozen_modules = [m for m in self.frozen_modules if m is not model.language_model]
@@ -170,7 +183,7 @@ class InstructBlipTrainer(Trainer):
             model=model,
             args=args,
             data_collator=data_collator,
-            train_dataset=torch.utils.data.ConcatDataset(list(train_datasets.values())) if train_datasets else None,
+            train_dataset=ConcatenatedDatasets(list(train_datasets.values())) if train_datasets else None,
             eval_dataset=dict(eval_datasets) if eval_datasets else None,
             processing_class=processing_class,
             **kwargs,
