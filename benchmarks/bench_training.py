@@ -25,8 +25,8 @@ import sys
 import time
 
 import torch
-
 from bench_inference import NUM_QUERY_TOKENS, small_config_kwargs
+
 from hf_instructblip import InstructBlipConfig, InstructBlipForConditionalGeneration
 from hf_instructblip.training.trainer import freeze_for_instruction_tuning
 

@@ -24,11 +24,19 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 import transformers
 from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, pipeline
 
-from hf_instructblip.training.recipes import RECIPES, load_source, prepare_dataset
-from hf_instructblip.training.trainer import InstructBlipTrainer, InstructBlipTrainingArguments, merge_lora
+from hf_instructblip import InstructBlipForConditionalGeneration, InstructBlipProcessor
+from hf_instructblip.training import (
+    RECIPES,
+    InstructBlipTrainer,
+    InstructBlipTrainingArguments,
+    load_source,
+    merge_lora,
+    prepare_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +117,7 @@ def prepared(spec: DatasetSpec, split: str, data_args: DataArguments, seed: int)
 def lora_config(model_args: ModelArguments):
     if not model_args.lora_rank:
         return None
-    from peft import LoraConfig  # noqa: PLC0415 (optional dependency)
+    from peft import LoraConfig
 
     rank = model_args.lora_rank
     return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=model_args.lora_target_modules)
@@ -117,8 +125,11 @@ def lora_config(model_args: ModelArguments):
 
 def run_real(model_args: ModelArguments, data_args: DataArguments, training_args: InstructBlipTrainingArguments):
     specs = [parse_dataset_spec(text) for text in data_args.datasets]
-    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+    # This package's classes also read official transformers checkpoints (model_type "instructblip"), which the
+    # Auto classes would hand to transformers' built-in port.
+    dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    model = InstructBlipForConditionalGeneration.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+    processor = InstructBlipProcessor.from_pretrained(model_args.model_name_or_path)
     trainer = InstructBlipTrainer(
         model=model,
         args=training_args,
@@ -142,7 +153,7 @@ def run_real(model_args: ModelArguments, data_args: DataArguments, training_args
 
 
 def run_miniature(model_args: ModelArguments, data_args: DataArguments, args: InstructBlipTrainingArguments):
-    import shapes_miniature as world  # noqa: PLC0415 (the miniature's world lives beside this script)
+    import shapes_miniature as world
 
     start = time.perf_counter()
     settings = world.PretrainingSettings(steps=model_args.miniature_pretraining_steps)

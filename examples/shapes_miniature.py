@@ -23,8 +23,13 @@ import PIL.Image
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from tqdm.auto import tqdm
-from transformers import BertTokenizer, BlipImageProcessorPil, LlamaConfig, PreTrainedTokenizerFast
-from transformers import get_cosine_schedule_with_warmup
+from transformers import (
+    BertTokenizer,
+    BlipImageProcessorPil,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    get_cosine_schedule_with_warmup,
+)
 
 from hf_instructblip import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
 from hf_instructblip.training import templates
@@ -331,8 +336,8 @@ def evaluate_tasks(model, processor, sets: dict[str, dict]) -> dict[str, float]:
 
 __all__ = [
     "HELD_OUT_TASKS",
-    "PretrainingSettings",
     "TRAIN_SIZES",
+    "PretrainingSettings",
     "build_model",
     "build_processor",
     "caption",

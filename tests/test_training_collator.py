@@ -1,8 +1,8 @@
 """The collator's LAVIS loss layout, against expectations assembled by hand from the tokenizers' pieces."""
 
 import pytest
-import torch
 import tiny
+import torch
 
 from hf_instructblip.training.collator import IGNORE_INDEX, InstructBlipDataCollator, truncate_left
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-import run_instruct_tuning  # noqa: E402
-import shapes_miniature  # noqa: E402
+import run_instruct_tuning
+import shapes_miniature
 
 
 def test_dataset_specs():

@@ -99,8 +99,8 @@ def test_two_ranks_get_disjoint_shares_of_the_single_process_stream(tmp_path):
     subprocess.run(command, check=True, env=env, timeout=120)
     single = [sys.executable, script, str(tmp_path)]
     subprocess.run(single, check=True, env=env, timeout=120)
-    shares = [json.load(open(tmp_path / f"rank{r}_of2.json")) for r in range(2)]
-    stream = json.load(open(tmp_path / "rank0_of1.json"))
+    shares = [json.loads((tmp_path / f"rank{r}_of2.json").read_text()) for r in range(2)]
+    stream = json.loads((tmp_path / "rank0_of1.json").read_text())
     assert not set(map(tuple, shares[0])) & set(map(tuple, shares[1]))  # batches hold distinct positions anyway
     flat = [[i for batch in share for i in batch] for share in shares]
     assert sorted(flat[0] + flat[1]) == sorted(i for batch in stream for i in batch)

@@ -6,8 +6,8 @@ import shutil
 
 import datasets
 import pytest
-import torch
 import tiny
+import torch
 from transformers import TrainingArguments
 
 from hf_instructblip.training.collator import InstructBlipDataCollator
@@ -136,7 +136,7 @@ def test_resume_continues_the_same_stream_and_reaches_the_same_weights(tmp_path)
 
     full, full_batches = run(tmp_path / "full")
     checkpoint = tmp_path / "full" / "out" / "checkpoint-3"
-    assert json.load(open(checkpoint / MIXTURE_STATE_FILE))["sizes"] == {"colour": 12, "shape": 3}
+    assert json.loads((checkpoint / MIXTURE_STATE_FILE).read_text())["sizes"] == {"colour": 12, "shape": 3}
     interrupted = tmp_path / "interrupted.ckpt"
     shutil.copytree(checkpoint, interrupted)  # what an interrupted run leaves behind
     resumed, resumed_batches = run(tmp_path / "resumed", resume=str(interrupted))
@@ -161,7 +161,7 @@ def test_model_card_lists_the_mixture(tmp_path):
     run = trainer(tmp_path, max_steps=1)
     run.train()
     run.create_model_card()
-    card = open(os.path.join(run.args.output_dir, "README.md")).read()
+    card = (tmp_path / "out" / "README.md").read_text()
     weights = run.mixture_sampler.weights
     assert f"| colour | 12 | 1 | {weights['colour']:.4f} |" in card
     assert f"| shape | 3 | 2 | {weights['shape']:.4f} |" in card

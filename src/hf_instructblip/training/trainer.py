@@ -80,7 +80,7 @@ def add_lora(model: nn.Module, lora_config) -> None:
     Checkpoints hold the adapter layout and resume as usual; [`merge_lora`] folds the adapters into the LLM weights
     before the final `save_pretrained`, so the export loads as a plain InstructBLIP checkpoint.
     """
-    import peft  # noqa: PLC0415 (optional dependency)
+    import peft
 
     model.language_model = peft.get_peft_model(model.language_model, lora_config)
 
@@ -265,8 +265,10 @@ def mixture_card_section(sampler: MixtureSampler, multipliers: Mapping[str, floa
     lines = [
         "## Instruction-tuning mixture",
         "",
-        f"Datasets drawn with p ∝ size^alpha × multiplier, alpha = {sampler.alpha:g} (InstructBLIP's square-root "
-        f"rule is 0.5), seed {sampler.seed}. Trainable parameters: {trainable:,} of {total:,}.",
+        (
+            f"Datasets drawn with p ∝ size^alpha × multiplier, alpha = {sampler.alpha:g} (InstructBLIP's "
+            f"square-root rule is 0.5), seed {sampler.seed}. Trainable parameters: {trainable:,} of {total:,}."
+        ),
         "",
         "| dataset | size | multiplier | sampling weight |",
         "|---|---|---|---|",
@@ -278,9 +280,9 @@ def mixture_card_section(sampler: MixtureSampler, multipliers: Mapping[str, floa
 
 __all__ = [
     "InstructBlipTrainer",
-    "add_lora",
-    "merge_lora",
     "InstructBlipTrainingArguments",
+    "add_lora",
     "freeze_for_instruction_tuning",
+    "merge_lora",
     "mixture_card_section",
 ]
