@@ -9,7 +9,6 @@ from collections import Counter
 import datasets
 import numpy as np
 import pytest
-from scipy.stats import chisquare
 
 from hf_instructblip.training.mixture import MixtureSampler, interleave_mixture, mixture_weights
 
@@ -47,7 +46,8 @@ def test_sampler_frequencies_match_weights_chi_square():
     boundaries = np.cumsum(list(SIZES.values()))
     counts = np.bincount(np.searchsorted(boundaries, list(sampler), side="right"), minlength=len(SIZES))
     expected = np.array(list(sampler.weights.values())) * sampler.num_samples
-    assert chisquare(counts, expected).pvalue > 0.01
+    statistic = ((counts - expected) ** 2 / expected).sum()
+    assert statistic < 13.28  # chi-square critical value for 4 degrees of freedom at p = 0.01
     # The sqrt rule is far from proportional sampling: OK-VQA gets ~5% of draws, not ~1%.
     assert counts[2] / sampler.num_samples > 0.04
 

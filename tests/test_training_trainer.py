@@ -231,3 +231,24 @@ def test_bf16_keeps_frozen_towers_in_bf16_and_trains_float32_weights(tmp_path):
     assert dtypes["language_model.lm_head.weight"] == torch.bfloat16
     run.train()
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
+
+
+def test_activation_checkpointing_trains(tmp_path):
+    run = trainer(tmp_path, max_steps=2, activation_checkpointing=True)
+    before = run.model.query_tokens.detach().clone()
+    run.train()
+    assert run.model.qformer.is_gradient_checkpointing
+    assert not torch.equal(before, run.model.query_tokens)
+
+
+def test_push_to_hub_publishes_the_mixture_card(tmp_path):
+    from huggingface_hub import hf_hub_download
+
+    repo_id = "org/instructblip-shapes-tuned"
+    run = trainer(tmp_path, max_steps=1, push_to_hub=True, hub_model_id=repo_id)
+    run.train()
+    run.push_to_hub()
+    with open(hf_hub_download(repo_id, "README.md")) as card:
+        text = card.read()
+    assert "## Instruction-tuning mixture" in text and "| shape | 3 | 2 |" in text
+    assert hf_hub_download(repo_id, "model.safetensors")
