@@ -185,7 +185,7 @@ def test_trains_under_trl_sft_trainer(tmp_path):
     model, processor = tiny.model("llama"), tiny.processor("llama")
     freeze_for_instruction_tuning(model)
     args = SFTConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
-                     report_to=[], use_cpu=True, remove_unused_columns=False, disable_tqdm=True)
+                     report_to=[], use_cpu=True, remove_unused_columns=False, disable_tqdm=True, bf16=False)
     sft = SFTTrainer(model=model, args=args, train_dataset=dataset("colour", 8), processing_class=processor,
                      data_collator=InstructBlipDataCollator(processor))
     before = model.query_tokens.detach().clone()
