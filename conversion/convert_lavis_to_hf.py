@@ -16,16 +16,32 @@ from hf_instructblip.conversion import ConversionError, convert_lavis_checkpoint
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 VARIANTS = ["vicuna7b", "vicuna13b", "flant5xl", "flant5xxl"]
+logger = logging.getLogger("convert_lavis_to_hf")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lavis-checkpoint", required=True, help='LAVIS .pth: {"model": state_dict} or a raw state dict, trimmed or full')
-    parser.add_argument("--vit-checkpoint", help="raw EVA-CLIP ViT file (eva_vit_g.pth); not needed when the checkpoint holds visual_encoder.*")
-    parser.add_argument("--llm", required=True, help="HF directory or Hub repo of the Vicuna / Flan-T5 the checkpoint was trained with")
-    parser.add_argument("--qformer-tokenizer", default="bert-base-uncased", help="BERT tokenizer (with config.json) of the Q-Former")
+    parser.add_argument(
+        "--lavis-checkpoint",
+        required=True,
+        help='LAVIS .pth: {"model": state_dict} or a raw state dict, trimmed or full',
+    )
+    parser.add_argument(
+        "--vit-checkpoint",
+        help="raw EVA-CLIP ViT file (eva_vit_g.pth); not needed when the checkpoint holds visual_encoder.*",
+    )
+    parser.add_argument(
+        "--llm", required=True, help="HF directory or Hub repo of the Vicuna / Flan-T5 the checkpoint was trained with"
+    )
+    parser.add_argument(
+        "--qformer-tokenizer", default="bert-base-uncased", help="BERT tokenizer (with config.json) of the Q-Former"
+    )
     parser.add_argument("--variant", choices=VARIANTS, help="released model whose shapes the inputs must have")
-    parser.add_argument("--vision-layers", type=int, help="ViT blocks to take from --vit-checkpoint (default: all but the last when it has norm.*)")
+    parser.add_argument(
+        "--vision-layers",
+        type=int,
+        help="ViT blocks to take from --vit-checkpoint (default: all but the last when it has norm.*)",
+    )
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of the written weights")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB or 500MB")
     parser.add_argument("--output", required=True, help="output directory")
@@ -50,9 +66,9 @@ def main(argv=None) -> None:
         )
     except ConversionError as error:
         raise SystemExit(f"error: {error}") from None
-    logging.info("Wrote %s", output)
+    logger.info("Wrote %s", output)
     if args.push_to_hub:
-        logging.info("Uploaded to %s", push_to_hub(output, args.push_to_hub))
+        logger.info("Uploaded to %s", push_to_hub(output, args.push_to_hub))
 
 
 if __name__ == "__main__":

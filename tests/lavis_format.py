@@ -83,7 +83,10 @@ def _linear(prefix: str, out_features: int, in_features: int) -> dict[str, torch
 
 
 def _layer_norm(prefix: str, width: int) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.weight": 1 + _random(width, dtype=torch.float32), f"{prefix}.bias": _random(width, dtype=torch.float32)}
+    return {
+        f"{prefix}.weight": 1 + _random(width, dtype=torch.float32),
+        f"{prefix}.bias": _random(width, dtype=torch.float32),
+    }
 
 
 def qformer_weights(dims: LavisDims) -> dict[str, torch.Tensor]:

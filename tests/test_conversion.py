@@ -1,7 +1,6 @@
 """LAVIS → hf_instructblip conversion, end to end on tiny LAVIS-format checkpoints (offline)."""
 
 import logging
-import math
 import os
 import string
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from lavis_format import LavisDims, eva_vit_file, trimmed_checkpoint, visual_encoder_weights
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoTokenizer,
@@ -27,7 +27,6 @@ from transformers import (
 
 from hf_instructblip import InstructBlipForConditionalGeneration, InstructBlipProcessor
 from hf_instructblip.conversion import ConversionError, convert_lavis_checkpoint
-from lavis_format import LavisDims, eva_vit_file, trimmed_checkpoint, visual_encoder_weights
 
 REPO = Path(__file__).resolve().parents[1]
 CHARS = list(string.ascii_lowercase + "?.,")
@@ -131,7 +130,9 @@ def inputs(tmp_path_factory):
         "vicuna_trimmed": trimmed_checkpoint(DIMS, "vicuna"),
     }
     inv_freq = torch.rand(4)  # LAVIS-LLaMA's persistent rotary buffer, saved per layer
-    data["vicuna_trimmed"].update({f"llm_model.model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq for i in range(2)})
+    data["vicuna_trimmed"].update(
+        {f"llm_model.model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq for i in range(2)}
+    )
     torch.save(data["vit"], root / "eva_vit_g.pth")
     torch.save({"model": data["vicuna_trimmed"]}, root / "vicuna_trimmed.pth")
     data["vit_path"], data["vicuna_trimmed_path"] = root / "eva_vit_g.pth", root / "vicuna_trimmed.pth"
@@ -186,7 +187,9 @@ VISION_PARAMETERS = {
 def qformer_name(lavis_key: str) -> str:
     key = lavis_key.replace("Qformer.bert.embeddings.LayerNorm.", "qformer.embeddings.layernorm.")
     key = key.replace("Qformer.bert.", "qformer.")
-    return key.replace(".attention.self.", ".attention.attention.").replace(".crossattention.self.", ".crossattention.attention.")
+    return key.replace(".attention.self.", ".attention.attention.").replace(
+        ".crossattention.self.", ".crossattention.attention."
+    )
 
 
 def assert_vision_tower(state: dict, eva: dict, ln_vision: dict, num_layers: int) -> None:
@@ -305,13 +308,19 @@ def lavis_vision_forward(
         block = {key.removeprefix(f"blocks.{i}."): t for key, t in eva.items() if key.startswith(f"blocks.{i}.")}
         h = F.layer_norm(x, (width,), block["norm1.weight"], block["norm1.bias"], eps=1e-6)
         qkv_bias = torch.cat([block["attn.q_bias"], torch.zeros_like(block["attn.v_bias"]), block["attn.v_bias"]])
-        qkv = F.linear(h, block["attn.qkv.weight"], qkv_bias).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = (
+            F.linear(h, block["attn.qkv.weight"], qkv_bias).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        )
         q, k, v = qkv[0] * (width // heads) ** -0.5, qkv[1], qkv[2]  # (B, heads, tokens, head width)
         attention = (q @ k.transpose(-2, -1)).softmax(-1)
         h = (attention @ v).transpose(1, 2).reshape(batch, tokens, width)
         x = x + F.linear(h, block["attn.proj.weight"], block["attn.proj.bias"])
         h = F.layer_norm(x, (width,), block["norm2.weight"], block["norm2.bias"], eps=1e-6)
-        h = F.linear(F.gelu(F.linear(h, block["mlp.fc1.weight"], block["mlp.fc1.bias"])), block["mlp.fc2.weight"], block["mlp.fc2.bias"])
+        h = F.linear(
+            F.gelu(F.linear(h, block["mlp.fc1.weight"], block["mlp.fc1.bias"])),
+            block["mlp.fc2.weight"],
+            block["mlp.fc2.bias"],
+        )
         x = x + h
     return F.layer_norm(x, (width,), ln_vision["weight"], ln_vision["bias"], eps=ln_eps)
 
@@ -404,7 +413,10 @@ def test_shape_mismatch_is_an_error(inputs, tmp_path):
         weights["llm_proj.bias"] = torch.zeros(DIMS.llm_width + 1)
 
     checkpoint = save_modified(inputs, tmp_path / "c.pth", widen_projection)
-    with pytest.raises(ConversionError, match=r"language_projection.weight \(from llm_proj.weight\): checkpoint \[33, 32\] vs model \[32, 32\]"):
+    with pytest.raises(
+        ConversionError,
+        match=r"language_projection.weight \(from llm_proj.weight\): checkpoint \[33, 32\] vs model \[32, 32\]",
+    ):
         convert(inputs, tmp_path / "out", lavis_checkpoint=checkpoint)
 
 
@@ -438,15 +450,16 @@ def test_variant_with_other_shapes_is_an_error(inputs, tmp_path):
 
 
 def run_python(arguments: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *arguments], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, *arguments], env=env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def test_cli_reads_the_llm_from_the_hub_and_pushes_the_result(inputs, tmp_path):
-    from huggingface_hub import HfApi
-
     from fakehub import FakeHub
+    from huggingface_hub import HfApi
 
     with FakeHub(root=str(tmp_path / "hub"), token="hf_test", force_regular=True) as hub:
         api = HfApi(endpoint=hub.url, token="hf_test")
@@ -472,7 +485,13 @@ def test_cli_reads_the_llm_from_the_hub_and_pushes_the_result(inputs, tmp_path):
         uploaded = set(api.list_repo_files("testorg/converted")) - {".gitattributes"}
     written = {str(path.relative_to(tmp_path / "out")) for path in (tmp_path / "out").rglob("*") if path.is_file()}
     assert uploaded == written
-    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "modeling_instructblip.py"} <= written
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "README.md",
+        "modeling_instructblip.py",
+    } <= written
     weights = load_file(tmp_path / "out" / "model.safetensors")
     assert weights["language_model.lm_head.weight"].dtype == torch.bfloat16
     assert weights["query_tokens"].dtype == torch.float32  # kept in float32, as the model class asks

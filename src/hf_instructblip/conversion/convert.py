@@ -42,7 +42,9 @@ def read_lavis_weights(
     vision = select_eva_blocks(load_state_dict(vit_checkpoint), vision_layers)
     overridden = vision.keys() & weights.keys()
     if overridden:
-        logger.info("%d vision tensors of %s are taken from %s instead.", len(overridden), vit_checkpoint, lavis_checkpoint)
+        logger.info(
+            "%d vision tensors of %s are taken from %s instead.", len(overridden), vit_checkpoint, lavis_checkpoint
+        )
     return {**vision, **weights}
 
 
@@ -72,7 +74,9 @@ def check_variant(config: InstructBlipConfig, variant: str) -> None:
         "LLM width": lambda c: c.text_config.hidden_size,
         "LLM type": lambda c: c.text_config.model_type,
     }
-    mismatches = [f"{name}: {get(config)} (expected {get(preset)})" for name, get in fields.items() if get(config) != get(preset)]
+    mismatches = [
+        f"{name}: {get(config)} (expected {get(preset)})" for name, get in fields.items() if get(config) != get(preset)
+    ]
     if mismatches:
         raise ConversionError(f"The inputs do not look like the released {variant} model: " + "; ".join(mismatches))
 
@@ -81,10 +85,12 @@ def llm_weights(files: list[WeightFile], skip: set[str]) -> dict[str, LazyTensor
     """The LLM's tensors under `language_model.`, read lazily; `skip` names aliases re-tied on load."""
     tensors = {}
     for file in files:
-        for key in file.keys():
+        for key in file.names():
             name = LLM_PREFIX + key
             if name not in skip and not key.endswith(IGNORED_SUFFIXES):  # older LLaMA files hold rotary inv_freq
-                tensors[name] = LazyTensor(file.shape(key), file.dtype(key), partial(file.read, key), f"{file.path.name}: {key}")
+                tensors[name] = LazyTensor(
+                    file.shape(key), file.dtype(key), partial(file.read, key), f"{file.path.name}: {key}"
+                )
     return tensors
 
 
@@ -95,11 +101,15 @@ def check_embedding_copies(
     embedding (cast to bfloat16 by LAVIS, hence compared in the copy's dtype). The LLM's weights are kept; a copy
     that differs means the checkpoint was trained with another LLM than `--llm`."""
     for key, copy in copies.items():
+        if tied[key] not in tensors:
+            continue  # the strict check reports the missing tensor
         reference = tensors[tied[key]].load()
         if reference.shape != copy.shape or not torch.equal(reference.to(copy.dtype), copy):
             logger.warning(
                 "%s differs from the LLM's %s: was the checkpoint trained with another LLM than --llm? "
-                "Keeping the LLM's weights.", origins[key], tied[key].removeprefix(LLM_PREFIX)
+                "Keeping the LLM's weights.",
+                origins[key],
+                tied[key].removeprefix(LLM_PREFIX),
             )
 
 
@@ -120,7 +130,10 @@ def embedding_keys(model: InstructBlipForConditionalGeneration) -> list[str]:
     """State-dict names of the LLM's input and output embeddings (whatever the LLM calls them)."""
     names = {id(module): name for name, module in model.named_modules()}
     language_model = model.language_model
-    return [f"{names[id(module)]}.weight" for module in (language_model.get_input_embeddings(), language_model.get_output_embeddings())]
+    return [
+        f"{names[id(module)]}.weight"
+        for module in (language_model.get_input_embeddings(), language_model.get_output_embeddings())
+    ]
 
 
 def assemble(
@@ -136,10 +149,14 @@ def assemble(
     tied = model.all_tied_weights_keys
     # The output embedding stays when the LLM has one of its own: flan-t5 does not tie lm_head, though T5Config does.
     aliases = set(tied) - {output_embedding}
-    tensors = {key: LazyTensor.of(tensor, origins[key]) for key, tensor in renamed.items() if not key.startswith(LLM_PREFIX)}
+    tensors = {
+        key: LazyTensor.of(tensor, origins[key]) for key, tensor in renamed.items() if not key.startswith(LLM_PREFIX)
+    }
     llm = llm_weights(llm_files, skip=aliases)
     check_embedding_copies({key: renamed[key] for key in renamed.keys() & aliases}, llm, tied, origins)
-    overrides = {key: LazyTensor.of(renamed[key], origins[key]) for key in renamed.keys() - aliases if key.startswith(LLM_PREFIX)}
+    overrides = {
+        key: LazyTensor.of(renamed[key], origins[key]) for key in renamed.keys() - aliases if key.startswith(LLM_PREFIX)
+    }
     notes = []
     if overrides:
         notes.append(f"{len(overrides)} language-model tensors were taken from the LAVIS checkpoint, not the LLM.")
@@ -194,12 +211,20 @@ def convert_lavis_checkpoint(
     llm_config = AutoConfig.from_pretrained(llm_dir)
     vision_config = infer_vision_config(renamed, vision_attention_heads)
     processor = lavis_processor(
-        llm_dir, llm_config.is_encoder_decoder, qformer_tokenizer, vision_config["image_size"], num_query_tokens(renamed)
+        llm_dir,
+        llm_config.is_encoder_decoder,
+        qformer_tokenizer,
+        vision_config["image_size"],
+        num_query_tokens(renamed),
     )
     config = InstructBlipConfig(
         vision_config=vision_config,
-        qformer_config=infer_qformer_config(renamed, {**qformer_settings(qformer_tokenizer, variant), **(qformer_overrides or {})}),
-        text_config=lavis_text_config(llm_config, max(llm_config.vocab_size, len(processor.tokenizer)), processor.tokenizer),
+        qformer_config=infer_qformer_config(
+            renamed, {**qformer_settings(qformer_tokenizer, variant), **(qformer_overrides or {})}
+        ),
+        text_config=lavis_text_config(
+            llm_config, max(llm_config.vocab_size, len(processor.tokenizer)), processor.tokenizer
+        ),
         num_query_tokens=num_query_tokens(renamed),
         image_token_index=processor.image_token_id,
     )
@@ -221,7 +246,11 @@ def convert_lavis_checkpoint(
     # GenerationConfig.save_pretrained rejects top_p without sampling; LAVIS keeps it as its sampling default.
     lavis_generation_config(config.text_config.to_dict()).to_json_file(output_dir / "generation_config.json")
     processor.save_pretrained(output_dir)
-    sources = {"LAVIS checkpoint": [Path(lavis_checkpoint)], "ViT": [vit_path] if vit_path else [], "LLM": [file.path for file in llm_files]}
+    sources = {
+        "LAVIS checkpoint": [Path(lavis_checkpoint)],
+        "ViT": [vit_path] if vit_path else [],
+        "LLM": [file.path for file in llm_files],
+    }
     card = model_card(sources, llm, variant, notes, config.text_config.is_encoder_decoder)
     (output_dir / "README.md").write_text(card)
     return output_dir

@@ -15,7 +15,13 @@ from .errors import ConversionError
 EVA_HEAD_WIDTH = 88
 
 # Q-Former settings that shapes cannot show; they come from the BERT config shipped with the Q-Former tokenizer.
-BERT_SETTINGS = ("num_attention_heads", "hidden_act", "layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob")
+BERT_SETTINGS = (
+    "num_attention_heads",
+    "hidden_act",
+    "layer_norm_eps",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
 
 
 def _shape(state_dict: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
@@ -63,7 +69,9 @@ def infer_vision_config(state_dict: dict[str, torch.Tensor], num_attention_heads
 
 def _cross_attention_frequency(state_dict: dict[str, torch.Tensor], num_layers: int) -> int:
     """The period of the layers that cross-attend to the image (LAVIS: every 2nd, starting at layer 0)."""
-    cross_layers = _layer_ids({k: v for k, v in state_dict.items() if ".crossattention." in k}, "qformer.encoder.layer.")
+    cross_layers = _layer_ids(
+        {k: v for k, v in state_dict.items() if ".crossattention." in k}, "qformer.encoder.layer."
+    )
     later = sorted(cross_layers - {0})
     frequency = later[0] if later else num_layers  # a lone cross-attention layer 0 repeats beyond the last layer
     if 0 not in cross_layers or cross_layers != set(range(0, num_layers, frequency)):
@@ -107,11 +115,16 @@ def lavis_text_config(llm_config: PreTrainedConfig, vocab_size: int, tokenizer) 
     if llm_config.is_encoder_decoder:
         # T5Config maps "gated-gelu" back to gelu_new on every load; "gelu_python" is the exact GELU under its own name.
         config["feed_forward_proj"] = "gated-gelu_python" if llm_config.is_gated_act else "gelu"
-        for derived in ("dense_act_fn", "is_gated_act"):  # recomputed from feed_forward_proj; stale values win otherwise
+        for derived in (
+            "dense_act_fn",
+            "is_gated_act",
+        ):  # recomputed from feed_forward_proj; stale values win otherwise
             config.pop(derived, None)
         config["tie_word_embeddings"] = False  # flan-t5 has its own lm_head
     else:
         config.update(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
     return config

@@ -78,7 +78,7 @@ class SafetensorsFile:
         self._data_start = 8 + header_size
         self._entries = header
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         return list(self._entries)
 
     def shape(self, key: str) -> tuple[int, ...]:
@@ -105,7 +105,7 @@ class TorchFile:
         self.path = path
         self._tensors = load_state_dict(path)
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         return list(self._tensors)
 
     def shape(self, key: str) -> tuple[int, ...]:

@@ -70,5 +70,6 @@ def lavis_processor(llm_dir: Path, is_encoder_decoder: bool, qformer_name: str, 
 def lavis_generation_config(text_config: dict) -> GenerationConfig:
     token_ids = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
     return GenerationConfig(
-        **LAVIS_GENERATION_DEFAULTS, **{name: text_config[name] for name in token_ids if text_config.get(name) is not None}
+        **LAVIS_GENERATION_DEFAULTS,
+        **{name: text_config[name] for name in token_ids if text_config.get(name) is not None},
     )

@@ -61,7 +61,11 @@ def write_safetensors(path: Path, tensors: dict[str, LazyTensor], dtypes: dict[s
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for key, tensor in tensors.items():
         size = _nbytes(tensor.shape, dtypes[key])
-        header[key] = {"dtype": SAFETENSORS_DTYPE_NAMES[dtypes[key]], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[key] = {
+            "dtype": SAFETENSORS_DTYPE_NAMES[dtypes[key]],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the format aligns the data section to 8 bytes
@@ -101,7 +105,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_card(sources: dict[str, list[Path]], llm: str, variant: str | None, notes: list[str], is_encoder_decoder: bool) -> str:
+def model_card(
+    sources: dict[str, list[Path]], llm: str, variant: str | None, notes: list[str], is_encoder_decoder: bool
+) -> str:
     """README.md of the converted model: where every weight came from, with checksums."""
     rows = "\n".join(
         f"| {role} | `{path.name}` | `{sha256(path)}` |" for role, paths in sources.items() for path in paths
