@@ -1,0 +1,596 @@
+"""InstructBLIP: vision tower → instruction-aware Q-Former → projection → language model.
+
+Read top to bottom, this file follows the paper's figure:
+
+    pixel_values (B, 3, H, W)                       video: (B, T, 3, H, W), folded to (B*T, 3, H, W)
+      → InstructBlipVisionModel                     (B, 1 + P, Cv)      EVA ViT, final LayerNorm outside the blocks
+      → InstructBlipQFormerModel                    (B, Nq + L, Cq)     [learned queries ; instruction tokens]
+      → first Nq outputs, language_projection       (B, Nq, Clm)        video: (B, T*Nq, Clm)
+      → replace the `<image>` placeholders in the LLM's input embeddings → language model (decoder-only or
+        encoder-decoder, built from `config.text_config` with the Auto classes).
+
+The state-dict layout equals `transformers`' `InstructBlipForConditionalGeneration`, so official checkpoints load
+unchanged. This file ships to the Hub (`trust_remote_code`): it imports only `transformers`, `torch` and the
+configuration file next to it.
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_instructblip import InstructBlipConfig, InstructBlipQFormerConfig, InstructBlipVisionConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class InstructBlipOutput(ModelOutput):
+    """Output of [`InstructBlipForConditionalGeneration.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given): the language model's
+            cross-entropy over the target tokens.
+        logits (`torch.FloatTensor` of shape `(batch_size, target_length, vocab_size)`): language model logits,
+            over every input position for a decoder-only LLM, over the decoder positions for an encoder-decoder.
+        image_features (`torch.FloatTensor` of shape `(batch_size, frames * num_query_tokens, text_hidden_size)`):
+            the projected query outputs that replaced the `<image>` placeholders.
+        language_model_outputs (`ModelOutput`): everything the language model returned (cache, hidden states...).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    image_features: torch.FloatTensor | None = None
+    language_model_outputs: ModelOutput | None = None
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention. query/key/value: (B, heads, S, head_dim); returns (B, S_query, heads, head_dim)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def attention_function(config):
+    """The attention backend the config asks for (`"sdpa"` by default), or the eager one above."""
+    return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, S, C) → (B, heads, S, C // heads)."""
+    batch_size, seq_len, _ = x.shape
+    return x.view(batch_size, seq_len, num_heads, -1).transpose(1, 2)
+
+
+class InstructBlipPreTrainedModel(PreTrainedModel):
+    config_class = InstructBlipConfig
+    config: InstructBlipConfig
+    base_model_prefix = ""
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["InstructBlipVisionEncoderLayer", "InstructBlipQFormerLayer", "InstructBlipVisionEmbeddings"]
+    # LAVIS keeps the learned queries in float32 (they are tiny and feed a LayerNorm); also under bfloat16.
+    _keep_in_fp32_modules_strict = ["query_tokens"]
+    # Checkpoints written by older transformers versions saved this (now derived) buffer.
+    _keys_to_ignore_on_load_unexpected = [r"qformer\.embeddings\.position_ids"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, InstructBlipVisionEmbeddings):
+            init.trunc_normal_(module.position_embedding, mean=0.0, std=self.config.initializer_range)
+            init.trunc_normal_(module.class_embedding, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, InstructBlipForConditionalGeneration):
+            # LAVIS draws the queries from N(0, 0.02); all-zero queries would all be normalised to the same
+            # LayerNorm bias and give huge first gradients.
+            init.normal_(module.query_tokens, mean=0.0, std=self.config.initializer_range)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Vision tower: EVA ViT (pre-norm blocks, fused qkv), then the final LayerNorm that LAVIS calls `ln_vision`.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class InstructBlipVisionEmbeddings(nn.Module):
+    def __init__(self, config: InstructBlipVisionConfig):
+        super().__init__()
+        self.image_size = config.image_size
+        self.class_embedding = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.patch_embedding = nn.Conv2d(3, config.hidden_size, config.patch_size, stride=config.patch_size)
+        self.position_embedding = nn.Parameter(torch.zeros(1, config.num_positions, config.hidden_size))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → (B, 1 + P, C): class token first, then the patches in raster order."""
+        if pixel_values.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"pixel_values have spatial size {tuple(pixel_values.shape[-2:])}, but the vision tower was built "
+                f"for {self.image_size}x{self.image_size} images; resize them with the model's processor."
+            )
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (B, C, h, w)
+        patches = patches.flatten(2).transpose(1, 2)  # (B, P, C)
+        class_token = self.class_embedding.expand(patches.shape[0], -1, -1).to(patches.dtype)
+        return torch.cat([class_token, patches], dim=1) + self.position_embedding.to(patches.dtype)
+
+
+class InstructBlipVisionAttention(nn.Module):
+    def __init__(self, config: InstructBlipVisionConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.scaling = (config.hidden_size // config.num_attention_heads) ** -0.5
+        self.is_causal = False
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.projection = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size, seq_len, width = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_heads, -1)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, S, head_dim)
+        attended, _ = attention_function(self.config)(
+            self,
+            query,
+            key,
+            value,
+            attention_mask=None,
+            scaling=self.scaling,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+        )
+        return self.projection(attended.reshape(batch_size, seq_len, width))
+
+
+class InstructBlipVisionMLP(nn.Module):
+    def __init__(self, config: InstructBlipVisionConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class InstructBlipVisionEncoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: InstructBlipVisionConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = InstructBlipVisionAttention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = InstructBlipVisionMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attn(self.layer_norm1(hidden_states))
+        return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+
+
+class InstructBlipVisionEncoder(nn.Module):
+    def __init__(self, config: InstructBlipVisionConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(InstructBlipVisionEncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+        return hidden_states
+
+
+class InstructBlipVisionModel(InstructBlipPreTrainedModel):
+    """EVA ViT image encoder: `pixel_values` (B, 3, H, W) → image embeddings (B, 1 + P, Cv)."""
+
+    config_class = InstructBlipVisionConfig
+    config: InstructBlipVisionConfig
+
+    def __init__(self, config: InstructBlipVisionConfig):
+        super().__init__(config)
+        self.embeddings = InstructBlipVisionEmbeddings(config)
+        self.encoder = InstructBlipVisionEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.post_layernorm_eps)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.post_layernorm(self.encoder(self.embeddings(pixel_values)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Q-Former: BERT over [learned queries ; instruction tokens]. Self-attention mixes both, so the queries read the
+# instruction; only the query slice cross-attends to the image, and queries and text have separate feed-forwards.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class InstructBlipQFormerEmbeddings(nn.Module):
+    def __init__(self, config: InstructBlipQFormerConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, query_embeds: torch.Tensor, input_ids: torch.LongTensor | None) -> torch.Tensor:
+        """queries (B, Nq, C) and instruction ids (B, L) → (B, Nq + L, C).
+
+        Text positions count from 0 and the queries get none: they are a set, not a sequence. The queries still
+        pass through the embedding LayerNorm, as in LAVIS.
+        """
+        embeddings = query_embeds.to(self.layernorm.weight.dtype)
+        if input_ids is not None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            text = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+            embeddings = torch.cat([embeddings, text], dim=1)
+        return self.dropout(self.layernorm(embeddings))
+
+
+class InstructBlipQFormerMultiHeadAttention(nn.Module):
+    """BERT attention: self-attention when `key_value_width` is the hidden size, cross-attention to the image else."""
+
+    def __init__(self, config: InstructBlipQFormerConfig, key_value_width: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.scaling = (config.hidden_size // config.num_attention_heads) ** -0.5
+        self.is_causal = False
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(key_value_width, config.hidden_size)
+        self.value = nn.Linear(key_value_width, config.hidden_size)
+
+    def forward(self, hidden_states, key_value_states, attention_mask=None) -> torch.Tensor:
+        attended, _ = attention_function(self.config)(
+            self,
+            split_heads(self.query(hidden_states), self.num_heads),
+            split_heads(self.key(key_value_states), self.num_heads),
+            split_heads(self.value(key_value_states), self.num_heads),
+            attention_mask=attention_mask,
+            scaling=self.scaling,
+            dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
+        )
+        return attended.flatten(2)  # (B, S, C)
+
+
+class InstructBlipQFormerOutput(nn.Module):
+    """BERT's post-sublayer block: LayerNorm(dropout(dense(h)) + residual)."""
+
+    def __init__(self, config: InstructBlipQFormerConfig, input_width: int):
+        super().__init__()
+        self.dense = nn.Linear(input_width, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class InstructBlipQFormerAttention(nn.Module):
+    def __init__(self, config: InstructBlipQFormerConfig, key_value_width: int):
+        super().__init__()
+        self.attention = InstructBlipQFormerMultiHeadAttention(config, key_value_width)
+        self.output = InstructBlipQFormerOutput(config, config.hidden_size)
+
+    def forward(self, hidden_states, key_value_states, attention_mask=None) -> torch.Tensor:
+        return self.output(self.attention(hidden_states, key_value_states, attention_mask), hidden_states)
+
+
+class InstructBlipQFormerIntermediate(nn.Module):
+    def __init__(self, config: InstructBlipQFormerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states))
+
+
+class InstructBlipQFormerLayer(GradientCheckpointingLayer):
+    def __init__(self, config: InstructBlipQFormerConfig, layer_idx: int):
+        super().__init__()
+        self.attention = InstructBlipQFormerAttention(config, config.hidden_size)
+        if layer_idx % config.cross_attention_frequency == 0:
+            self.crossattention = InstructBlipQFormerAttention(config, config.encoder_hidden_size)
+        self.intermediate_query = InstructBlipQFormerIntermediate(config)
+        self.output_query = InstructBlipQFormerOutput(config, config.intermediate_size)
+        self.intermediate = InstructBlipQFormerIntermediate(config)
+        self.output = InstructBlipQFormerOutput(config, config.intermediate_size)
+
+    def forward(self, hidden_states, attention_mask, image_embeds, num_queries: int) -> torch.Tensor:
+        """hidden_states (B, Nq + L, C), additive attention_mask (B, 1, 1, Nq + L), image_embeds (B, 1 + P, Cv)."""
+        hidden_states = self.attention(hidden_states, hidden_states, attention_mask)
+        queries, text = hidden_states[:, :num_queries], hidden_states[:, num_queries:]
+        if hasattr(self, "crossattention"):
+            queries = self.crossattention(queries, image_embeds)
+        queries = self.output_query(self.intermediate_query(queries), queries)
+        if text.shape[1] == 0:
+            return queries
+        text = self.output(self.intermediate(text), text)
+        return torch.cat([queries, text], dim=1)
+
+
+class InstructBlipQFormerEncoder(nn.Module):
+    def __init__(self, config: InstructBlipQFormerConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(InstructBlipQFormerLayer(config, i) for i in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states, attention_mask, image_embeds, num_queries: int) -> torch.Tensor:
+        for layer in self.layer:
+            # Positional hidden states: the gradient-checkpointing wrapper only re-feeds positional tensors.
+            hidden_states = layer(hidden_states, attention_mask, image_embeds, num_queries)
+        return hidden_states
+
+
+class InstructBlipQFormerModel(InstructBlipPreTrainedModel):
+    """The Query Transformer: queries (B, Nq, C) + instruction (B, L) + image (B, 1 + P, Cv) → (B, Nq + L, C)."""
+
+    config_class = InstructBlipQFormerConfig
+    config: InstructBlipQFormerConfig
+
+    def __init__(self, config: InstructBlipQFormerConfig):
+        super().__init__(config)
+        self.embeddings = InstructBlipQFormerEmbeddings(config)
+        self.encoder = InstructBlipQFormerEncoder(config)
+        self.post_init()
+
+    def forward(
+        self,
+        query_embeds: torch.Tensor,
+        image_embeds: torch.Tensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        hidden_states = self.embeddings(query_embeds, input_ids)
+        batch_size, num_queries = query_embeds.shape[:2]
+        padding = None
+        if input_ids is not None and attention_mask is not None:
+            query_mask = attention_mask.new_ones(batch_size, num_queries)
+            keep = torch.cat([query_mask, attention_mask], dim=1).bool()  # (B, Nq + L)
+            padding = torch.zeros(keep.shape, dtype=hidden_states.dtype, device=keep.device)
+            padding = padding.masked_fill(~keep, torch.finfo(hidden_states.dtype).min)[:, None, None, :]
+        image_embeds = image_embeds.to(hidden_states.dtype)
+        return self.encoder(hidden_states, padding, image_embeds, num_queries)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The full model.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, GenerationMixin):
+    """InstructBLIP with its language model head: image + instruction → text.
+
+    One class serves decoder-only LLMs (Vicuna/LLaMA, with `input_ids` = placeholders + prompt) and encoder-decoder
+    LLMs (Flan-T5, where the placeholders + prompt feed the encoder), and images as well as videos.
+    """
+
+    def __init__(self, config: InstructBlipConfig):
+        super().__init__(config)
+        self.vision_model = InstructBlipVisionModel._from_config(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        self.qformer = InstructBlipQFormerModel._from_config(config.qformer_config)
+        self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
+        language_model_class = AutoModelForCausalLM if config.use_decoder_only_language_model else AutoModelForSeq2SeqLM
+        self.language_model = language_model_class.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings: nn.Module):
+        self.language_model.set_output_embeddings(new_embeddings)
+
+    def get_encoder(self, modality=None):
+        return self.language_model.get_encoder() if modality is None else super().get_encoder(modality=modality)
+
+    def get_decoder(self):
+        return self.language_model.get_decoder()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # A class carries a single `_auto_class`; users also load with `AutoModel`, so name this class for it too.
+        if self._auto_class is not None:
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": f"{__name__.rsplit('.', 1)[-1]}.{type(self).__name__}",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.LongTensor | None = None,
+    ) -> torch.FloatTensor:
+        """Instruction-aware visual tokens for the language model.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)` or
+                `(batch_size, frames, 3, height, width)`): images, or video frames (each frame is encoded alone).
+            qformer_input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): the instruction
+                in the Q-Former's vocabulary. Without it the queries see only the image (BLIP-2 behaviour).
+            qformer_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*).
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, frames * num_query_tokens, text_hidden_size)`.
+        """
+        batch_size = pixel_values.shape[0]
+        frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
+        if pixel_values.ndim == 5:
+            pixel_values = pixel_values.flatten(0, 1)  # (B*T, 3, H, W)
+            # Every frame reads the same instruction.
+            if qformer_input_ids is not None:
+                qformer_input_ids = qformer_input_ids.repeat_interleave(frames, dim=0)
+            if qformer_attention_mask is not None:
+                qformer_attention_mask = qformer_attention_mask.repeat_interleave(frames, dim=0)
+        elif pixel_values.ndim != 4:
+            raise ValueError(
+                "pixel_values must have shape (batch, 3, height, width) for images or (batch, frames, 3, height, "
+                f"width) for videos, got {tuple(pixel_values.shape)}."
+            )
+        if qformer_input_ids is not None and qformer_attention_mask is None:
+            qformer_attention_mask = torch.ones_like(qformer_input_ids)
+
+        image_embeds = self.vision_model(pixel_values)  # (B*T, 1 + P, Cv)
+        queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        query_outputs = self.qformer(queries, image_embeds, qformer_input_ids, qformer_attention_mask)
+        query_outputs = query_outputs[:, : self.config.num_query_tokens]  # (B*T, Nq, Cq)
+        features = self.language_projection(query_outputs.to(self.language_projection.weight.dtype))
+        return features.reshape(batch_size, frames * self.config.num_query_tokens, -1)  # (B, T*Nq, Clm)
+
+    def _embed_prompt(self, input_ids, image_features, inputs_embeds=None) -> torch.Tensor:
+        """Language-model input embeddings with the `<image>` placeholders replaced by the image features.
+
+        Every row must hold exactly as many placeholders as there are image features; anything else would shift
+        features across rows, so it is an error.
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        placeholders = input_ids == self.config.image_token_index
+        per_row = placeholders.sum(dim=1)
+        expected = 0 if image_features is None else image_features.shape[1]
+        if (per_row != expected).any():
+            image_token = self.config.image_token_index
+            if image_features is None:
+                raise ValueError(
+                    f"input_ids contain <image> placeholders (id {image_token}) but no pixel_values were given."
+                )
+            raise ValueError(
+                f"Each row of input_ids must contain exactly {expected} <image> placeholders (id {image_token}): "
+                f"num_query_tokens={self.config.num_query_tokens} per image or video frame; found "
+                f"{per_row.tolist()}. Build the inputs with the model's processor."
+            )
+        if image_features is None:
+            return inputs_embeds
+        image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(placeholders.unsqueeze(-1).expand_as(inputs_embeds), image_features)
+
+    def _warn_if_fp16_t5(self):
+        if not self.config.use_decoder_only_language_model and self.language_model.dtype == torch.float16:
+            logger.warning_once(
+                "The Flan-T5 language model runs in float16, where it is known to overflow into NaN or repeated "
+                "garbage tokens; load it with dtype=torch.bfloat16 or torch.float32."
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> InstructBlipOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)` or
+                `(batch_size, frames, 3, height, width)`): the processor's `pixel_values`.
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): the LLM prompt with
+                `num_query_tokens` `<image>` placeholders per image or frame (the processor puts them first). For
+                an encoder-decoder LLM this is the encoder input.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*).
+            qformer_input_ids, qformer_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`):
+                the instruction in the Q-Former's vocabulary.
+            inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`,
+                *optional*): replaces the embedding lookup of `input_ids`; `input_ids` still locate the placeholders.
+            labels (`torch.LongTensor`, *optional*): decoder-only: shape `(batch_size, sequence_length)`, aligned
+                with `input_ids` and not shifted (the LLM shifts), -100 where no loss is taken (placeholders,
+                instruction, padding). Encoder-decoder: the decoder targets, shape `(batch_size, target_length)`.
+            decoder_input_ids, decoder_attention_mask (`torch.LongTensor`, *optional*): encoder-decoder only.
+            kwargs: passed to the language model (e.g. `num_items_in_batch`, `output_hidden_states`).
+        """
+        if input_ids is None:
+            raise ValueError("input_ids are required: they carry the prompt and the <image> placeholders.")
+        self._warn_if_fp16_t5()
+        image_features = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values, qformer_input_ids, qformer_attention_mask)
+        inputs_embeds = self._embed_prompt(input_ids, image_features, inputs_embeds)
+
+        if not self.config.use_decoder_only_language_model:
+            kwargs.update(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, return_dict=True, **kwargs
+        )
+        return InstructBlipOutput(
+            loss=outputs.loss, logits=outputs.logits, image_features=image_features, language_model_outputs=outputs
+        )
+
+    def _default_prompt_ids(self, batch_size: int, frames: int, device) -> torch.LongTensor:
+        """Placeholders + the LLM's start token, as LAVIS builds for an empty prompt: bos for a decoder-only LLM,
+        eos for T5 (its tokenizer turns "" into a lone `</s>`)."""
+        text_config = self.config.text_config
+        start = text_config.bos_token_id if self.config.use_decoder_only_language_model else text_config.eos_token_id
+        ids = [self.config.image_token_index] * (frames * self.config.num_query_tokens)
+        ids += [start] if isinstance(start, int) else []
+        return torch.tensor([ids], device=device).expand(batch_size, -1)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.LongTensor | None = None,
+        generation_config=None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Generate text about the image(s); takes the processor's outputs plus any standard generation argument.
+
+        The image features replace the `<image>` placeholders, then the language model's own `generate()` runs on
+        the embeddings, so every decoding strategy, `GenerationConfig` and logits processor of `transformers`
+        applies. Without `generation_config` the model's own (`generation_config.json`) is used.
+
+        Returns:
+            `torch.LongTensor` (or a `GenerateOutput` with `return_dict_in_generate=True`): the answer tokens, without
+            the prompt, for both LLM kinds, as LAVIS returns them (`transformers`' built-in echoes the prompt of a
+            decoder-only LLM). An encoder-decoder LLM's output starts with its decoder start token.
+        """
+        # The checkpoint's generation_config.json is loaded into this model; the LLM generates, so it must see it.
+        self.language_model.generation_config = self.generation_config
+        if pixel_values is None:
+            return self.language_model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **generate_kwargs
+            )
+        self._warn_if_fp16_t5()
+        image_features = self.get_image_features(pixel_values, qformer_input_ids, qformer_attention_mask)
+        if input_ids is None:
+            frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
+            input_ids = self._default_prompt_ids(pixel_values.shape[0], frames, image_features.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # Only embeddings go to the LLM, as in LAVIS: the output is the answer alone, and logits processors such as
+        # the repetition penalty see the generated tokens, not the prompt (transformers warns about exactly that).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*apply the penalty only to newly generated tokens.*")
+            return self.language_model.generate(
+                inputs_embeds=self._embed_prompt(input_ids, image_features),
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                **generate_kwargs,
+            )
+
+
+__all__ = [
+    "InstructBlipForConditionalGeneration",
+    "InstructBlipOutput",
+    "InstructBlipPreTrainedModel",
+    "InstructBlipQFormerModel",
+    "InstructBlipVisionModel",
+]

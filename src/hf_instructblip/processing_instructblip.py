@@ -1,0 +1,254 @@
+"""InstructBLIP processor: images or video frames + instruction → model inputs.
+
+The instruction is tokenized twice: by the LLM tokenizer (after `num_query_tokens` `<image>` placeholders per
+image or frame) and by the Q-Former's BERT tokenizer, truncated from the left at `qformer_max_length` tokens as in
+LAVIS (the end of an instruction carries the question). Images go through `transformers`' BLIP image processor.
+
+This file ships to the Hub (`trust_remote_code`): it imports only `transformers`, `PIL`, `numpy` and `torch`.
+"""
+
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+from transformers import BatchFeature, ProcessorMixin
+from transformers.image_utils import load_image
+from transformers.tokenization_utils_base import AddedToken
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+IMAGE_TOKEN = "<image>"
+
+# InstructBLIP has no chat format: the prompt is the instruction itself. The template joins the text parts of the
+# conversation; images are passed to the processor separately and become placeholders in front of the text.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] if part['type'] == 'text' -%}"
+    "{{ part['text'] }}{{ ' ' if not loop.last }}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ ' ' if not loop.last }}"
+    "{%- endfor -%}"
+)
+
+
+def to_rgb(image, name: str = "image") -> "PIL.Image.Image | np.ndarray":
+    """Decode and validate one image; PIL images of any mode come back as RGB.
+
+    Accepts a PIL image, encoded bytes, a local path or URL, or an array (H, W, C) / (C, H, W). Raises a
+    `ValueError` naming `name` for undecodable or truncated data, decompression bombs and empty images.
+    """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        image = _decode(io.BytesIO(bytes(image)), name)
+    elif isinstance(image, (str, os.PathLike)):
+        image = _decode(image, name)
+    if isinstance(image, PIL.Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"{name} is empty ({image.width}x{image.height} pixels).")
+        return _pil_to_rgb(image)
+    shape = getattr(image, "shape", None)
+    if shape is None:
+        raise ValueError(f"{name} must be a PIL image, bytes, a path or URL, or an array; got {type(image).__name__}.")
+    if len(shape) not in (2, 3) or 0 in tuple(shape):
+        raise ValueError(f"{name} must be a non-empty (H, W[, C]) or (C, H, W) array, got shape {tuple(shape)}.")
+    return image
+
+
+def _decode(source, name: str) -> PIL.Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Between 1x and 2x PIL's pixel limit PIL only warns; refuse those too rather than decode them.
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            image = load_image(source) if isinstance(source, (str, os.PathLike)) else PIL.Image.open(source)
+            image.load()  # decode now, so truncated data fails here and not deep inside preprocessing
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+        raise ValueError(
+            f"{name} is refused as a possible decompression bomb ({error}). Raise PIL.Image.MAX_IMAGE_PIXELS if "
+            "the image is trusted."
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"{name} could not be decoded as an image: {error}") from error
+    return image
+
+
+def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # Wide grey levels: PIL's direct conversion clips at 255, so rescale to 8 bits by the mode's range.
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if image.mode == "F" else 65535.0
+        values = np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
+        return PIL.Image.fromarray(values).convert("RGB")  # uint8 (H, W): mode L
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+class InstructBlipProcessor(ProcessorMixin):
+    r"""Builds InstructBLIP inputs from images (or videos) and instructions.
+
+    Args:
+        image_processor (`BlipImageProcessor` / `BlipImageProcessorPil`): resize (bicubic) + CLIP normalisation.
+        tokenizer: the LLM tokenizer. `<image>` is added to it as a special token if it does not have it yet, so
+            the LLM vocabulary must cover `image_token_id`. Its `padding_side` decides batched layouts: left for
+            decoder-only LLMs (generation continues at the right end), right for encoder-decoder LLMs.
+        qformer_tokenizer: the Q-Former's BERT tokenizer.
+        num_query_tokens (`int`, defaults to 32): placeholders per image or video frame; equal to the model's.
+        qformer_max_length (`int`, defaults to 128): the Q-Former text is truncated from the left to this many
+            tokens (LAVIS's `max_txt_len`), with a warning. The LLM text is not truncated unless asked to.
+        chat_template (`str`, *optional*): defaults to a template that joins the messages' text.
+
+    Returns from `__call__` a `BatchFeature` with `input_ids`, `attention_mask`, `qformer_input_ids`,
+    `qformer_attention_mask` (when text is given) and `pixel_values` of shape `(batch, 3, H, W)` for images or
+    `(batch, frames, 3, H, W)` for videos.
+
+    Example:
+
+    ```python
+    >>> inputs = processor(images=image, text="What is unusual about this image?", return_tensors="pt")
+    >>> output_ids = model.generate(**inputs, max_new_tokens=20)
+    >>> processor.batch_decode(output_ids, skip_special_tokens=True)  # the answers alone
+    ```
+    """
+
+    text_kwargs = {"return_token_type_ids": False}
+
+    def __init__(
+        self,
+        image_processor,
+        tokenizer,
+        qformer_tokenizer,
+        num_query_tokens: int = 32,
+        qformer_max_length: int = 128,
+        chat_template: str | None = None,
+        **kwargs,
+    ):
+        if IMAGE_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)], special_tokens=True)
+        qformer_tokenizer.truncation_side = "left"
+        self.num_query_tokens = num_query_tokens
+        self.qformer_max_length = qformer_max_length
+        super().__init__(image_processor, tokenizer, qformer_tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+
+    @property
+    def image_token(self) -> str:
+        return IMAGE_TOKEN
+
+    @property
+    def image_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "qformer_input_ids", "qformer_attention_mask", "pixel_values"]
+
+    def __call__(self, images=None, text=None, videos=None, **kwargs) -> BatchFeature:
+        """Process `images` (one or a list) or `videos` (a list of videos, each a list of frames), and `text`
+        (one instruction or a list, one per image or video)."""
+        if images is not None and videos is not None:
+            raise ValueError("Pass either images or videos, not both.")
+        if images is None and videos is None and text is None:
+            raise ValueError("Nothing to process: pass images or videos, and/or text.")
+        output_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        return_tensors = output_kwargs["text_kwargs"].pop("return_tensors", None)
+        output_kwargs["images_kwargs"].pop("return_tensors", None)
+
+        encoding, frames = {}, 0
+        if images is not None:
+            encoding["pixel_values"] = self._process_images(images, output_kwargs["images_kwargs"])
+            frames = 1
+        elif videos is not None:
+            encoding["pixel_values"] = self._process_videos(videos, output_kwargs["images_kwargs"])
+            frames = encoding["pixel_values"].shape[1]
+        if text is not None:
+            text = [text] if isinstance(text, str) else list(text)
+            if not text or not all(isinstance(t, str) for t in text):
+                raise ValueError("text must be a string or a non-empty list of strings.")
+            if frames and len(text) != len(encoding["pixel_values"]):
+                kind = "images" if images is not None else "videos"
+                raise ValueError(
+                    f"Got {len(encoding['pixel_values'])} {kind} but {len(text)} texts: pass one instruction per "
+                    f"{kind[:-1]}."
+                )
+            encoding.update(self._tokenize(text, frames * self.num_query_tokens, output_kwargs["text_kwargs"]))
+        return BatchFeature(encoding, tensor_type=return_tensors)
+
+    def _process_images(self, images, images_kwargs) -> np.ndarray:
+        images = images if isinstance(images, (list, tuple)) else [images]
+        if not images:
+            raise ValueError("images is an empty list.")
+        if all(isinstance(sample, (list, tuple)) for sample in images):  # per-sample lists, as chat templates give
+            counts = [len(sample) for sample in images]
+            if any(count != 1 for count in counts):
+                raise ValueError(f"InstructBLIP reads one image per instruction; the samples hold {counts} images.")
+            images = [sample[0] for sample in images]
+        images = [to_rgb(image, f"images[{i}]") for i, image in enumerate(images)]
+        return np.asarray(self.image_processor(images, return_tensors="np", **images_kwargs)["pixel_values"])
+
+    def _process_videos(self, videos, images_kwargs) -> np.ndarray:
+        """videos: a list of videos, each a list of frames (or an array (T, H, W, C)) → (B, T, 3, H, W)."""
+        if not videos:
+            raise ValueError("videos is an empty list.")
+        lengths = {len(video) for video in videos}
+        if len(lengths) != 1 or 0 in lengths:
+            raise ValueError(f"Every video needs the same, non-zero number of frames; got lengths {sorted(lengths)}.")
+        frames = [
+            to_rgb(frame, f"videos[{v}][{t}]") for v, video in enumerate(videos) for t, frame in enumerate(video)
+        ]
+        pixel_values = self.image_processor(frames, return_tensors="np", **images_kwargs)["pixel_values"]
+        return np.asarray(pixel_values).reshape(len(videos), lengths.pop(), *pixel_values.shape[1:])
+
+    def _tokenize(self, text: list[str], num_placeholders: int, text_kwargs: dict) -> dict:
+        qformer = self._tokenize_qformer(text, text_kwargs)
+        llm = self.tokenizer(text, **text_kwargs)
+        if num_placeholders:
+            # The placeholders come first, in front of BOS and (with left padding) of the padding, as in LAVIS
+            # where the query embeddings are concatenated before the tokenized prompt.
+            placeholders = [self.image_token_id] * num_placeholders
+            llm["input_ids"] = [placeholders + ids for ids in llm["input_ids"]]
+            llm["attention_mask"] = [[1] * num_placeholders + mask for mask in llm["attention_mask"]]
+        return {
+            "input_ids": llm["input_ids"],
+            "attention_mask": llm["attention_mask"],
+            "qformer_input_ids": qformer["input_ids"],
+            "qformer_attention_mask": qformer["attention_mask"],
+        }
+
+    def _tokenize_qformer(self, text: list[str], text_kwargs: dict) -> dict:
+        kwargs = {k: v for k, v in text_kwargs.items() if k not in ("max_length", "truncation", "padding_side")}
+        lengths = [len(ids) for ids in self.qformer_tokenizer(text, add_special_tokens=True)["input_ids"]]
+        too_long = [i for i, length in enumerate(lengths) if length > self.qformer_max_length]
+        if too_long:
+            logger.warning(
+                f"Instructions {too_long} are longer than qformer_max_length={self.qformer_max_length} Q-Former "
+                "tokens; the Q-Former reads only their last tokens (LAVIS truncates from the left too)."
+            )
+        return self.qformer_tokenizer(text, truncation=True, max_length=self.qformer_max_length, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save like any processor, minus the `processor_class` name.
+
+        `AutoProcessor` resolves that name among `transformers`' own classes before any registered one, and
+        `transformers` has its own `InstructBlipProcessor`. Without the name it follows the model config's
+        `model_type` (registered by this package) or, with `trust_remote_code`, the saved `auto_map`.
+        """
+        saved = super().save_pretrained(save_directory, **kwargs)
+        for path in Path(save_directory).glob("**/*config.json"):
+            content = json.loads(path.read_text(encoding="utf-8"))
+            if content.pop("processor_class", None) is not None:
+                path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return saved
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
+        """Decode `generate()` outputs (the `<image>` placeholders are special tokens, so they are skipped)."""
+        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+
+__all__ = ["InstructBlipProcessor"]

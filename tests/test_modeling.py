@@ -1,0 +1,250 @@
+"""Numerical parity with transformers' built-in InstructBLIP (the oracle) on identical weights, and model behaviour."""
+
+import logging
+
+import pytest
+import torch
+import transformers
+
+import tiny
+from hf_instructblip import InstructBlipConfig, InstructBlipForConditionalGeneration
+
+
+KINDS = ["llama", "t5"]
+
+
+def with_oracle(kind, attn_implementation="sdpa"):
+    """Our model and transformers' built-in one carrying the same weights.
+
+    transformers' port uses eps 1e-6 in the final vision LayerNorm (LAVIS: 1e-5), so ours is set to match it here.
+    """
+    kwargs = tiny.config_kwargs(kind)
+    ours = tiny.model(kind, vision_config={**kwargs["vision_config"], "post_layernorm_eps": 1e-6})
+    oracle = transformers.InstructBlipForConditionalGeneration(transformers.InstructBlipConfig(**kwargs))
+    if kind == "t5":
+        tiny.untie_lm_head(oracle)
+    oracle.load_state_dict(ours.state_dict(), strict=True)
+    ours.set_attn_implementation(attn_implementation)
+    oracle.set_attn_implementation(attn_implementation)
+    return ours, oracle.eval()
+
+
+def batch(kind, texts=("what is in the image?", "describe it"), seed=0):
+    processor = tiny.processor(kind)
+    images = [tiny.image(seed + i) for i in range(len(texts))]
+    return processor(images=images, text=list(texts), padding=True, return_tensors="pt")
+
+
+def assert_logits_close(ours, oracle):
+    tolerance = 5e-6 * max(1.0, oracle.abs().max().item())
+    assert (ours - oracle).abs().max().item() <= tolerance
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_logits_match_transformers_builtin(kind, attn_implementation):
+    ours, oracle = with_oracle(kind, attn_implementation)
+    inputs = batch(kind)
+    if kind == "t5":
+        inputs["decoder_input_ids"] = torch.tensor([[0, 5, 9, 7], [0, 11, 4, 6]])
+    with torch.no_grad():
+        assert_logits_close(ours(**inputs).logits, oracle(**inputs).logits)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loss_matches_transformers_builtin(kind):
+    ours, oracle = with_oracle(kind)
+    inputs = batch(kind)
+    if kind == "llama":
+        labels = inputs["input_ids"].clone()
+        labels[:, : tiny.NUM_QUERY_TOKENS + 3] = -100
+        labels[inputs["attention_mask"] == 0] = -100
+    else:
+        labels = torch.tensor([[5, 9, 7, 1], [11, 4, 1, -100]])
+    with torch.no_grad():
+        ours_loss = ours(**inputs, labels=labels).loss
+        oracle_loss = oracle(**inputs, labels=labels).loss
+    torch.testing.assert_close(ours_loss, oracle_loss, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("decoding", [dict(num_beams=1), dict(num_beams=3, num_return_sequences=2)])
+@pytest.mark.parametrize("kind", KINDS)
+def test_generation_matches_transformers_builtin(kind, decoding):
+    ours, oracle = with_oracle(kind)
+    inputs = batch(kind)
+    settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, **decoding)
+    expected = oracle.generate(**inputs, **settings)
+    if kind == "llama":  # the built-in echoes the prompt in front of the answer; this model returns the answer
+        expected = expected[:, inputs["input_ids"].shape[1] :]
+    assert torch.equal(ours.generate(**inputs, **settings), expected)
+
+
+def test_repetition_penalty_sees_only_generated_tokens_as_in_lavis():
+    """LAVIS hands the LLM embeddings only, so the penalty ignores the prompt; the built-in penalises the prompt."""
+    ours, oracle = with_oracle("llama")
+    inputs = batch("llama")
+    settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, repetition_penalty=50.0)
+    answers = ours.generate(**inputs, **settings)
+    prompt_tokens = set(inputs["input_ids"].flatten().tolist())
+    oracle_answers = oracle.generate(**inputs, **settings)[:, inputs["input_ids"].shape[1] :]
+    assert not prompt_tokens & set(oracle_answers.flatten().tolist())  # the built-in avoids every prompt token
+    assert not torch.equal(answers, oracle_answers)
+    manual = ours.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert torch.equal(answers[:, :1], manual[:, :1])  # the first token has nothing to penalise yet
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_generation_equals_one_by_one(kind):
+    model = tiny.model(kind)
+    processor = tiny.processor(kind)
+    texts = ["what colour is the big shape on the left?", "how many?", "describe the image in detail."]
+    images = [tiny.image(i) for i in range(len(texts))]
+    settings = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    batched = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    assert (batched["attention_mask"] == 0).any(), "the prompts must differ in length for this test"
+    batched_answers = model.generate(**batched, **settings)[:, -8:]
+    for i, (image, text) in enumerate(zip(images, texts)):
+        single = processor(images=image, text=text, return_tensors="pt")
+        single_output = model.generate(**single, **settings)
+        assert torch.equal(single_output[0, -8:], batched_answers[i]), f"row {i} differs"
+
+
+def test_default_prompt_when_no_text_is_given():
+    """Without input_ids the LLM starts from the placeholders and BOS, as LAVIS does for an empty prompt."""
+    model = tiny.model("llama")
+    pixel_values = tiny.processor("llama")(images=[tiny.image(0), tiny.image(1)], return_tensors="pt")["pixel_values"]
+    prompt_ids = [model.config.image_token_index] * tiny.NUM_QUERY_TOKENS + [model.config.text_config.bos_token_id]
+    explicit = model.generate(pixel_values=pixel_values, input_ids=torch.tensor([prompt_ids] * 2), max_new_tokens=3)
+    assert torch.equal(model.generate(pixel_values=pixel_values, max_new_tokens=3), explicit)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_video_frames_are_encoded_one_by_one_and_concatenated(kind):
+    model = tiny.model(kind)
+    processor = tiny.processor(kind)
+    frames = [tiny.image(i) for i in range(3)]
+    video = processor(videos=[frames], text="what happens?", return_tensors="pt")
+    assert video["pixel_values"].shape == (1, 3, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)
+    assert (video["input_ids"][0] == model.config.image_token_index).sum() == 3 * tiny.NUM_QUERY_TOKENS
+    with torch.no_grad():
+        video_features = model.get_image_features(
+            video["pixel_values"], video["qformer_input_ids"], video["qformer_attention_mask"]
+        )
+        per_frame = [
+            model.get_image_features(
+                video["pixel_values"][:, t], video["qformer_input_ids"], video["qformer_attention_mask"]
+            )
+            for t in range(3)
+        ]
+        torch.testing.assert_close(video_features, torch.cat(per_frame, dim=1))
+        decoder = {"decoder_input_ids": torch.tensor([[0]])} if kind == "t5" else {}
+        assert model(**video, **decoder).logits.shape[0] == 1
+    assert model.generate(**video, max_new_tokens=2).shape[0] == 1
+
+
+def test_instruction_changes_the_visual_features():
+    """The twist of InstructBLIP: the Q-Former reads the instruction, so the image features depend on it."""
+    model = tiny.model("llama")
+    processor = tiny.processor("llama")
+    inputs = [processor(images=tiny.image(0), text=text, return_tensors="pt") for text in ("what colour?", "count")]
+    with torch.no_grad():
+        features = [model.get_image_features(x["pixel_values"], x["qformer_input_ids"]) for x in inputs]
+        no_instruction = model.get_image_features(inputs[0]["pixel_values"])
+    assert not torch.allclose(features[0], features[1])
+    assert not torch.allclose(features[0], no_instruction)
+
+
+def test_padding_in_the_qformer_instruction_is_ignored():
+    model = tiny.model("llama")
+    processor = tiny.processor("llama")
+    short = processor(images=tiny.image(0), text="hi", return_tensors="pt")
+    padded = processor(images=[tiny.image(0)] * 2, text=["hi", "a much longer instruction"], padding=True,
+                       return_tensors="pt")
+    with torch.no_grad():
+        alone = model.get_image_features(short["pixel_values"], short["qformer_input_ids"])
+        in_batch = model.get_image_features(
+            padded["pixel_values"], padded["qformer_input_ids"], padded["qformer_attention_mask"]
+        )
+    torch.testing.assert_close(alone[0], in_batch[0], rtol=1e-5, atol=1e-6)
+
+
+def test_final_vision_layernorm_uses_lavis_epsilon_by_default():
+    model = tiny.model("llama")
+    assert model.vision_model.post_layernorm.eps == 1e-5
+    assert all(layer.layer_norm1.eps == 1e-6 for layer in model.vision_model.encoder.layers)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_checkpointing_gives_the_same_gradients(kind):
+    inputs = batch(kind)
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    if kind == "t5":
+        labels = torch.tensor([[5, 9, 7, 1], [11, 4, 1, -100]])
+    gradients = []
+    for checkpointing in (False, True):
+        model = tiny.model(kind).train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model(**inputs, labels=labels).loss.backward()
+        gradients.append(torch.cat([model.query_tokens.grad.flatten(), model.qformer.embeddings.layernorm.weight.grad]))
+    torch.testing.assert_close(gradients[0], gradients[1])
+
+
+def test_wrong_number_of_image_placeholders_is_an_error():
+    model = tiny.model("llama")
+    inputs = batch("llama")
+    inputs["input_ids"][1, 0] = 10  # row 1 now has one placeholder too few
+    with pytest.raises(ValueError, match=r"exactly 4 <image> placeholders.*\[4, 3\]"):
+        model(**inputs)
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(input_ids=batch("llama")["input_ids"])
+
+
+def test_wrong_image_size_is_an_error():
+    model = tiny.model("llama")
+    inputs = batch("llama")
+    inputs["pixel_values"] = torch.zeros(2, 3, 24, 24)
+    with pytest.raises(ValueError, match=r"spatial size \(24, 24\).*30x30"):
+        model(**inputs)
+
+
+def test_flan_t5_in_float16_warns(caplog):
+    model = tiny.model("t5").to(torch.float16)
+    inputs = batch("t5")
+    with caplog.at_level(logging.WARNING, logger="hf_instructblip.modeling_instructblip"):
+        model._warn_if_fp16_t5()
+    assert "float16" in caplog.text and "bfloat16" in caplog.text
+
+
+def test_query_tokens_stay_float32_when_the_model_is_loaded_in_bfloat16(tmp_path):
+    tiny.model("llama").save_pretrained(tmp_path)
+    model = InstructBlipForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert model.query_tokens.dtype == torch.float32
+    assert model.language_projection.weight.dtype == torch.bfloat16
+    inputs = batch("llama")
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    assert model.generate(**inputs, max_new_tokens=2).shape[0] == 2
+
+
+def test_presets_have_the_released_dimensions_on_the_meta_device():
+    """Parameter counts of the full-size models, instantiated without memory."""
+    with torch.device("meta"):
+        model = InstructBlipForConditionalGeneration(InstructBlipConfig.from_preset("vicuna7b"))
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    # LAVIS counts 985,894,528: no key bias in its qkv and the final LayerNorm outside the tower.
+    assert count(model.vision_model) == 985_952_256
+    assert count(model.qformer) == 185_660_160
+    trainable = (
+        count(model.qformer) + model.query_tokens.numel() + count(model.vision_model.post_layernorm)
+        + count(model.language_projection)
+    )
+    # 185,660,160 + 32x768 queries + 2x1408 LayerNorm + (768x4096 + 4096) projection: the paper's "188M".
+    assert trainable == 188_837_376
+    assert model.language_projection.out_features == 4096
+    for name, width in [("vicuna13b", 5120), ("flant5xl", 2048), ("flant5xxl", 4096)]:
+        config = InstructBlipConfig.from_preset(name)
+        assert config.text_config.hidden_size == width
+        assert config.use_decoder_only_language_model == name.startswith("vicuna")
