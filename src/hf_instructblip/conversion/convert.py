@@ -126,6 +126,18 @@ def grow_rows(tensor: LazyTensor, rows: int) -> LazyTensor:
     return LazyTensor((rows, *tensor.shape[1:]), tensor.dtype, load, tensor.source)
 
 
+def float32_modules(model: InstructBlipForConditionalGeneration, dtype: torch.dtype) -> set[str]:
+    """Modules that `from_pretrained` upcasts to float32 when loading in `dtype` (`_keep_in_fp32_modules` under
+    float16, `_keep_in_fp32_modules_strict` under both half precisions); writing them in float32 keeps their
+    precision instead of rounding it away on disk."""
+    modules = set()
+    if dtype == torch.float16:
+        modules |= set(model._keep_in_fp32_modules or ())
+    if dtype in (torch.float16, torch.bfloat16):
+        modules |= set(model._keep_in_fp32_modules_strict or ())
+    return modules
+
+
 def embedding_keys(model: InstructBlipForConditionalGeneration) -> list[str]:
     """State-dict names of the LLM's input and output embeddings (whatever the LLM calls them)."""
     names = {id(module): name for name, module in model.named_modules()}
@@ -234,9 +246,14 @@ def convert_lavis_checkpoint(
         model = InstructBlipForConditionalGeneration(config)
     llm_files = open_llm_weights(llm_dir)
     tensors, notes = assemble(renamed, origins, llm_files, model)
+    notes.insert(
+        0,
+        f"Vision tower: {config.vision_config.num_hidden_layers} EVA blocks, final LayerNorm from LAVIS's `ln_vision` "
+        f"(eps {config.vision_config.post_layernorm_eps}); weights written in {str(dtype).removeprefix('torch.')}.",
+    )
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    keep_in_fp32 = set(model._keep_in_fp32_modules or ())
+    keep_in_fp32 = float32_modules(model, dtype)
     dtypes = {key: output_dtype(key, tensor, dtype, keep_in_fp32) for key, tensor in tensors.items()}
     write_weights(output_dir, tensors, dtypes, convert_file_size_to_int(max_shard_size))
     config.dtype = str(dtype).removeprefix("torch.")
@@ -251,7 +268,7 @@ def convert_lavis_checkpoint(
         "ViT": [vit_path] if vit_path else [],
         "LLM": [file.path for file in llm_files],
     }
-    card = model_card(sources, llm, variant, notes, config.text_config.is_encoder_decoder)
+    card = model_card(sources, llm, variant, notes)
     (output_dir / "README.md").write_text(card)
     return output_dir
 

@@ -105,17 +105,13 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_card(
-    sources: dict[str, list[Path]], llm: str, variant: str | None, notes: list[str], is_encoder_decoder: bool
-) -> str:
+def model_card(sources: dict[str, list[Path]], llm: str, variant: str | None, notes: list[str]) -> str:
     """README.md of the converted model: where every weight came from, with checksums."""
     rows = "\n".join(
         f"| {role} | `{path.name}` | `{sha256(path)}` |" for role, paths in sources.items() for path in paths
     )
     title = f"InstructBLIP ({variant})" if variant else "InstructBLIP"
     notes_text = "".join(f"- {note}\n" for note in notes)
-    # Decoder-only LLMs return the prompt before the answer; encoder-decoder LLMs return the answer only.
-    answer_ids = "output_ids" if is_encoder_decoder else 'output_ids[:, inputs["input_ids"].shape[1]:]'
     return f"""---
 library_name: transformers
 pipeline_tag: image-text-to-text
@@ -147,7 +143,7 @@ model = InstructBlipForConditionalGeneration.from_pretrained(MODEL_DIR)
 processor = InstructBlipProcessor.from_pretrained(MODEL_DIR)
 inputs = processor(images=image, text="What is unusual about this image?", return_tensors="pt")
 output_ids = model.generate(**inputs)  # LAVIS's defaults: beam search (5 beams), repetition penalty 1.5
-print(processor.batch_decode({answer_ids}, skip_special_tokens=True))
+print(processor.batch_decode(output_ids, skip_special_tokens=True))  # the answer alone
 ```
 
 Without the package installed, load with `AutoModelForImageTextToText.from_pretrained(MODEL_DIR,
