@@ -5,7 +5,8 @@ are written by one child process and converted by another, through the CLI; the 
 kernel's count for that child. This launcher imports only the standard library: on Linux a child's peak RSS
 includes the parent's size at fork time, so a heavy launcher would inflate the figures.
 
-    python benchmarks/bench_conversion_memory.py [--llm-layers 4] [--max-shard-gb 2] [--dtype float16]
+    python benchmarks/bench_conversion_memory.py [--llm-layers 4] [--llm-format safetensors|bin] [--max-shard-gb 2]
+        [--dtype float16]
 """
 
 import argparse
@@ -42,6 +43,7 @@ def size_gib(path: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm-layers", type=int, default=4, help="LLM layers (Vicuna-7B has 32)")
+    parser.add_argument("--llm-format", choices=["safetensors", "bin"], default="safetensors")
     parser.add_argument("--max-shard-gb", type=int, default=2, help="--max-shard-size of the conversion, in GB")
     parser.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--workdir", type=Path, help="where to write inputs and output (default: a temporary dir)")
@@ -50,6 +52,7 @@ def main() -> None:
 
     make_seconds, _ = run_measured(
         [sys.executable, "benchmarks/make_lavis_inputs.py", str(workdir), "--llm-layers", str(args.llm_layers)]
+        + ["--llm-format", args.llm_format]
     )
     inputs = json.loads((workdir / "inputs.json").read_text())
     output = workdir / "converted"

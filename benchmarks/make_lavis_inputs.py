@@ -4,7 +4,7 @@ EVA-CLIP-g ViT file (40 blocks + norm, float16, as eva_vit_g.pth), the trimmed I
 queries, ln_vision, llm_proj to 4096; float32), a Vicuna-shaped LLM directory (width 4096, MLP 11008, vocabulary
 32000, float16 safetensors shards) with fewer layers than the real 32, and a bert-base-uncased-sized tokenizer.
 
-    python benchmarks/make_lavis_inputs.py DIR [--llm-layers 4]
+    python benchmarks/make_lavis_inputs.py DIR [--llm-layers 4] [--llm-format safetensors|bin]
 """
 
 import argparse
@@ -24,7 +24,7 @@ from lavis_format import LavisDims, eva_vit_file, trimmed_checkpoint
 CHARS = list(string.ascii_lowercase + string.digits + "?.,!")
 
 
-def save_vicuna_shaped_llm(directory: Path, num_layers: int) -> None:
+def save_vicuna_shaped_llm(directory: Path, num_layers: int, weight_format: str) -> None:
     """Vicuna-7B shapes with `num_layers` layers; one safetensors shard per layer (plus embeddings), as HF shards."""
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for piece in ["▁"] + CHARS + ["▁" + c for c in CHARS]:
@@ -52,13 +52,16 @@ def save_vicuna_shaped_llm(directory: Path, num_layers: int) -> None:
             f"{prefix}.post_attention_layernorm.weight": torch.ones(4096, dtype=torch.float16),
         })  # fmt: skip
     shards.append({"model.norm.weight": torch.ones(4096, dtype=torch.float16), "lm_head.weight": normal(32000, 4096)})
-    names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    # Hugging Face's two sharded layouts; Vicuna v1.1's Hub repos hold pytorch_model-*.bin shards.
+    prefix, suffix = ("model", ".safetensors") if weight_format == "safetensors" else ("pytorch_model", ".bin")
+    names = [f"{prefix}-{i:05d}-of-{len(shards):05d}{suffix}" for i in range(1, len(shards) + 1)]
     weight_map = {}
+    save = save_file if weight_format == "safetensors" else torch.save
     for name, shard in zip(names, shards):
-        save_file(shard, directory / name)
+        save(shard, directory / name)
         weight_map.update(dict.fromkeys(shard, name))
     index = {"metadata": {}, "weight_map": weight_map}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    (directory / f"{prefix}{suffix}.index.json").write_text(json.dumps(index))
 
 
 def save_bert_base_tokenizer(directory: Path) -> None:
@@ -69,7 +72,7 @@ def save_bert_base_tokenizer(directory: Path) -> None:
     BertConfig().save_pretrained(directory)
 
 
-def make_inputs(root: Path, llm_layers: int) -> None:
+def make_inputs(root: Path, llm_layers: int, llm_format: str) -> None:
     """Writes the inputs and `inputs.json`, which maps each CLI option to its path."""
     torch.manual_seed(0)
     paths = {
@@ -81,7 +84,7 @@ def make_inputs(root: Path, llm_layers: int) -> None:
     torch.save(eva_vit_file(LavisDims(), dtype=torch.float16), paths["--vit-checkpoint"])
     torch.save({"model": trimmed_checkpoint(LavisDims(), "vicuna")}, paths["--lavis-checkpoint"])
     paths["--llm"].mkdir()
-    save_vicuna_shaped_llm(paths["--llm"], llm_layers)
+    save_vicuna_shaped_llm(paths["--llm"], llm_layers, llm_format)
     paths["--qformer-tokenizer"].mkdir()
     save_bert_base_tokenizer(paths["--qformer-tokenizer"])
     (root / "inputs.json").write_text(json.dumps({option: str(path) for option, path in paths.items()}, indent=2))
@@ -91,9 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", type=Path)
     parser.add_argument("--llm-layers", type=int, default=4)
+    parser.add_argument("--llm-format", choices=["safetensors", "bin"], default="safetensors")
     args = parser.parse_args()
     args.directory.mkdir(parents=True, exist_ok=True)
-    make_inputs(args.directory, args.llm_layers)
+    make_inputs(args.directory, args.llm_layers, args.llm_format)
 
 
 if __name__ == "__main__":

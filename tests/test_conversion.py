@@ -148,12 +148,13 @@ def inputs(tmp_path_factory):
     return data
 
 
-def convert(inputs, output: Path, llm: str = "vicuna", **overrides) -> Path:
+def convert(inputs, output: Path, family: str = "vicuna", **overrides) -> Path:
+    """The Vicuna inputs (trimmed checkpoint + EVA file) or the T5 ones (full checkpoint), with `overrides`."""
     arguments = {
-        "lavis_checkpoint": inputs["vicuna_trimmed_path"] if llm == "vicuna" else inputs["t5_full_path"],
-        "llm": str(inputs[f"{llm}_dir"]),
+        "lavis_checkpoint": inputs["vicuna_trimmed_path"] if family == "vicuna" else inputs["t5_full_path"],
+        "llm": str(inputs[f"{family}_dir"]),
         "output_dir": output,
-        "vit_checkpoint": inputs["vit_path"] if llm == "vicuna" else None,
+        "vit_checkpoint": inputs["vit_path"] if family == "vicuna" else None,
         "qformer_tokenizer": inputs["qformer_tokenizer"],
     }
     return convert_lavis_checkpoint(**{**arguments, **overrides})
@@ -167,7 +168,7 @@ def vicuna_converted(inputs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def t5_converted(inputs, tmp_path_factory):
-    output = convert(inputs, tmp_path_factory.mktemp("t5_out"), llm="t5")
+    output = convert(inputs, tmp_path_factory.mktemp("t5_out"), family="t5")
     return output, InstructBlipForConditionalGeneration.from_pretrained(output).eval()
 
 
@@ -235,17 +236,31 @@ def test_vicuna_weights_land_where_lavis_uses_them(inputs, vicuna_converted):
     assert_vision_tower(state, inputs["vit"], ln_vision, DIMS.vit_file_blocks - 1)
     assert_qformer_and_projection(state, lavis, "llm_proj")
 
-    llm_state = inputs["vicuna"].state_dict()
-    for key, tensor in llm_state.items():
+    assert_vicuna(state, inputs["vicuna"].state_dict())
+
+
+def assert_vicuna(state: dict, vicuna_state: dict) -> None:
+    """The LLM's tensors under `language_model.`, embeddings grown by two mean rows ([PAD], <image>)."""
+    for key, tensor in vicuna_state.items():
         converted = state[f"language_model.{key}"]
         if key in ("model.embed_tokens.weight", "lm_head.weight"):
-            # Two new rows ([PAD], <image>), both the mean of the existing rows.
             assert converted.shape[0] == tensor.shape[0] + 2
             assert torch.equal(converted[: tensor.shape[0]], tensor)
             torch.testing.assert_close(converted[tensor.shape[0] :], tensor.mean(0).expand(2, -1))
         else:
             assert torch.equal(converted, tensor), key
-    assert len(state) == len(llm_state) + len([k for k in state if not k.startswith("language_model.")])
+    assert len([key for key in state if key.startswith("language_model.")]) == len(vicuna_state)
+
+
+def test_llm_weights_in_pytorch_bin_format(inputs, tmp_path):
+    """Vicuna v1.1's Hub repos hold pytorch_model*.bin shards rather than safetensors."""
+    llm_dir = tmp_path / "vicuna_bin"
+    inputs["vicuna"].config.save_pretrained(llm_dir)
+    AutoTokenizer.from_pretrained(inputs["vicuna_dir"]).save_pretrained(llm_dir)
+    torch.save(inputs["vicuna"].state_dict(), llm_dir / "pytorch_model.bin")
+    output = convert(inputs, tmp_path / "out", llm=str(llm_dir))
+    state = InstructBlipForConditionalGeneration.from_pretrained(output).state_dict()
+    assert_vicuna(state, inputs["vicuna"].state_dict())
 
 
 def test_vicuna_config_tokenizers_and_generation_defaults(inputs, vicuna_converted):
@@ -371,13 +386,13 @@ def test_t5_config_keeps_exact_gelu_and_tokens(inputs, t5_converted):
 
 def test_t5_embedding_copies_are_checked(inputs, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        convert(inputs, tmp_path / "same", llm="t5")
+        convert(inputs, tmp_path / "same", family="t5")
     assert "differs" not in caplog.text
     full = dict(inputs["t5_full"])
     full["t5_model.encoder.embed_tokens.weight"] = full["t5_model.encoder.embed_tokens.weight"] + 1
     torch.save({"model": full}, tmp_path / "other_llm.pth")
     with caplog.at_level(logging.WARNING):
-        output = convert(inputs, tmp_path / "other", llm="t5", lavis_checkpoint=tmp_path / "other_llm.pth")
+        output = convert(inputs, tmp_path / "other", family="t5", lavis_checkpoint=tmp_path / "other_llm.pth")
     assert "t5_model.encoder.embed_tokens.weight differs from the LLM's shared.weight" in caplog.text
     model = InstructBlipForConditionalGeneration.from_pretrained(output)
     assert torch.equal(model.language_model.shared.weight, inputs["t5"].shared.weight)

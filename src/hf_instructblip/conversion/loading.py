@@ -99,23 +99,29 @@ class SafetensorsFile:
 
 
 class TorchFile:
-    """One `pytorch_model*.bin` file, memory-mapped; same interface as `SafetensorsFile`."""
+    """One `pytorch_model*.bin` file (same interface as `SafetensorsFile`), memory-mapped anew for each tensor.
+
+    A mapping kept open would keep every page read so far resident, as with `safe_open`; re-reading the small
+    pickled index costs tens of milliseconds per tensor, against seconds to write the tensor.
+    """
 
     def __init__(self, path: Path):
+        if not zipfile.is_zipfile(path):
+            raise ConversionError(f"{path} uses torch's legacy (pre-1.6) format; re-save it with torch.save.")
         self.path = path
-        self._tensors = load_state_dict(path)
+        self._entries = {key: (tuple(tensor.shape), tensor.dtype) for key, tensor in load_state_dict(path).items()}
 
     def names(self) -> list[str]:
-        return list(self._tensors)
+        return list(self._entries)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._tensors[key].shape)
+        return self._entries[key][0]
 
     def dtype(self, key: str) -> torch.dtype:
-        return self._tensors[key].dtype
+        return self._entries[key][1]
 
     def read(self, key: str) -> torch.Tensor:
-        return self._tensors[key]
+        return load_state_dict(self.path)[key].clone()  # the copy outlives the mapping, which closes here
 
 
 WeightFile = SafetensorsFile | TorchFile
