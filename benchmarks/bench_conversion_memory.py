@@ -69,7 +69,7 @@ def main() -> None:
         ("input: EVA ViT-g file (40 blocks + norm, fp16)", f"{vision_gib:.2f} GiB"),
         ("input: trimmed checkpoint (Q-Former etc., fp32)", f"{trimmed_gib:.2f} GiB"),
         (
-            f"input: LLM, {args.llm_layers} of 32 layers, vocab 32000 (fp16)",
+            f"input: LLM, {args.llm_layers} of 32 layers, vocab 32000 (fp16 {args.llm_format})",
             f"{size_gib(Path(inputs['--llm'])):.2f} GiB",
         ),
         (f"output ({args.dtype}, --max-shard-size {args.max_shard_gb}GB)", f"{size_gib(output):.2f} GiB"),
