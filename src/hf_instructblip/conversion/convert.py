@@ -11,6 +11,7 @@ from transformers.utils.hub import convert_file_size_to_int
 
 from ..configuration_instructblip import PRESETS, InstructBlipConfig
 from ..modeling_instructblip import InstructBlipForConditionalGeneration
+from ..processing_instructblip import InstructBlipProcessor
 from .errors import ConversionError
 from .inference import (
     bert_settings_from_config,
@@ -48,7 +49,7 @@ def read_lavis_weights(
     return {**vision, **weights}
 
 
-def qformer_settings(qformer_tokenizer: str, variant: str | None) -> dict:
+def read_qformer_settings(qformer_tokenizer: str, variant: str | None) -> dict:
     """Q-Former head count etc. from the BERT config next to its tokenizer, else the released models' values."""
     try:
         return bert_settings_from_config(AutoConfig.from_pretrained(qformer_tokenizer))
@@ -220,42 +221,66 @@ def convert_lavis_checkpoint(
     vit_path = Path(vit_checkpoint) if vit_checkpoint is not None else None
     renamed, origins = rename_state_dict(read_lavis_weights(Path(lavis_checkpoint), vit_path, vision_layers))
     llm_dir = resolve_llm(llm)
-    llm_config = AutoConfig.from_pretrained(llm_dir)
-    vision_config = infer_vision_config(renamed, vision_attention_heads)
-    processor = lavis_processor(
-        llm_dir,
-        llm_config.is_encoder_decoder,
-        qformer_tokenizer,
-        vision_config["image_size"],
-        num_query_tokens(renamed),
-    )
-    config = InstructBlipConfig(
-        vision_config=vision_config,
-        qformer_config=infer_qformer_config(
-            renamed, {**qformer_settings(qformer_tokenizer, variant), **(qformer_overrides or {})}
-        ),
-        text_config=lavis_text_config(
-            llm_config, max(llm_config.vocab_size, len(processor.tokenizer)), processor.tokenizer
-        ),
-        num_query_tokens=num_query_tokens(renamed),
-        image_token_index=processor.image_token_id,
-    )
+    qformer_settings = {**read_qformer_settings(qformer_tokenizer, variant), **(qformer_overrides or {})}
+    config, processor = lavis_config(renamed, llm_dir, qformer_tokenizer, qformer_settings, vision_attention_heads)
     if variant is not None:
         check_variant(config, variant)
     with torch.device("meta"):
         model = InstructBlipForConditionalGeneration(config)
     llm_files = open_llm_weights(llm_dir)
     tensors, notes = assemble(renamed, origins, llm_files, model)
-    notes.insert(
-        0,
-        f"Vision tower: {config.vision_config.num_hidden_layers} EVA blocks, final LayerNorm from LAVIS's `ln_vision` "
-        f"(eps {config.vision_config.post_layernorm_eps}); weights written in {str(dtype).removeprefix('torch.')}.",
-    )
 
     output_dir.mkdir(parents=True, exist_ok=True)
     keep_in_fp32 = float32_modules(model, dtype)
     dtypes = {key: output_dtype(key, tensor, dtype, keep_in_fp32) for key, tensor in tensors.items()}
     write_weights(output_dir, tensors, dtypes, convert_file_size_to_int(max_shard_size))
+    save_configs_and_code(output_dir, model, processor, dtype)
+    notes.insert(
+        0,
+        f"Vision tower: {config.vision_config.num_hidden_layers} EVA blocks, final LayerNorm from LAVIS's `ln_vision` "
+        f"(eps {config.vision_config.post_layernorm_eps}); weights written in {config.dtype}.",
+    )
+    sources = {
+        "LAVIS checkpoint": [Path(lavis_checkpoint)],
+        "ViT": [vit_path] if vit_path else [],
+        "LLM": [file.path for file in llm_files],
+    }
+    (output_dir / "README.md").write_text(model_card(sources, llm, variant, notes))
+    return output_dir
+
+
+def lavis_config(
+    renamed: dict[str, torch.Tensor],
+    llm_dir: Path,
+    qformer_tokenizer: str,
+    qformer_settings: dict,
+    vision_attention_heads: int | None,
+) -> tuple[InstructBlipConfig, InstructBlipProcessor]:
+    """The model configuration read off the tensors, and the LAVIS processor, whose tokenizer fixes the LLM
+    vocabulary size and the image token."""
+    llm_config = AutoConfig.from_pretrained(llm_dir)
+    vision_config = infer_vision_config(renamed, vision_attention_heads)
+    queries = num_query_tokens(renamed)
+    processor = lavis_processor(
+        llm_dir, llm_config.is_encoder_decoder, qformer_tokenizer, vision_config["image_size"], queries
+    )
+    vocab_size = max(llm_config.vocab_size, len(processor.tokenizer))
+    config = InstructBlipConfig(
+        vision_config=vision_config,
+        qformer_config=infer_qformer_config(renamed, qformer_settings),
+        text_config=lavis_text_config(llm_config, vocab_size, processor.tokenizer),
+        num_query_tokens=queries,
+        image_token_index=processor.image_token_id,
+    )
+    return config, processor
+
+
+def save_configs_and_code(
+    output_dir: Path, model: InstructBlipForConditionalGeneration, processor: InstructBlipProcessor, dtype: torch.dtype
+) -> None:
+    """Everything but the weights and the card: config, generation config, processor, and the model code that
+    `trust_remote_code` loads where this package is not installed."""
+    config = model.config
     config.dtype = str(dtype).removeprefix("torch.")
     config.architectures = [type(model).__name__]
     custom_object_save(model, output_dir, config=config)
@@ -263,14 +288,6 @@ def convert_lavis_checkpoint(
     # GenerationConfig.save_pretrained rejects top_p without sampling; LAVIS keeps it as its sampling default.
     lavis_generation_config(config.text_config.to_dict()).to_json_file(output_dir / "generation_config.json")
     processor.save_pretrained(output_dir)
-    sources = {
-        "LAVIS checkpoint": [Path(lavis_checkpoint)],
-        "ViT": [vit_path] if vit_path else [],
-        "LLM": [file.path for file in llm_files],
-    }
-    card = model_card(sources, llm, variant, notes)
-    (output_dir / "README.md").write_text(card)
-    return output_dir
 
 
 def push_to_hub(output_dir: str | Path, repo_id: str, private: bool = False) -> str:
