@@ -27,6 +27,7 @@ from transformers import (
 
 from hf_instructblip import InstructBlipForConditionalGeneration, InstructBlipProcessor
 from hf_instructblip.conversion import ConversionError, convert_lavis_checkpoint
+from hf_instructblip.conversion.writing import sha256
 
 REPO = Path(__file__).resolve().parents[1]
 CHARS = list(string.ascii_lowercase + "?.,")
@@ -302,8 +303,6 @@ def test_output_is_sharded_and_the_card_names_the_sources(inputs, vicuna_convert
         tensors = load_file(shard)
         assert len(tensors) == 1 or sum(t.numel() * t.itemsize for t in tensors.values()) <= 100_000
     card = (output / "README.md").read_text()
-    from hf_instructblip.conversion.writing import sha256
-
     for path in (inputs["vicuna_trimmed_path"], inputs["vit_path"], *inputs["vicuna_dir"].glob("*.safetensors")):
         assert f"`{path.name}` | `{sha256(path)}`" in card
 
