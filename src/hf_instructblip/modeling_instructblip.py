@@ -81,7 +81,6 @@ class InstructBlipPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _supports_attention_backend = True
     _no_split_modules = ["InstructBlipVisionEncoderLayer", "InstructBlipQFormerLayer", "InstructBlipVisionEmbeddings"]
     # LAVIS keeps the learned queries in float32 (they are tiny and feed a LayerNorm); also under bfloat16.
     _keep_in_fp32_modules_strict = ["query_tokens"]
