@@ -1,5 +1,6 @@
 """LAVIS → hf_instructblip conversion, end to end on tiny LAVIS-format checkpoints (offline)."""
 
+import importlib.util
 import logging
 import os
 import string
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 import torch.nn.functional as F
 from lavis_format import LavisDims, eva_vit_file, trimmed_checkpoint, visual_encoder_weights
@@ -42,7 +44,7 @@ DIMS = LavisDims(
     qformer_mlp=48,
     qformer_layers=3,
     qformer_vocab=len(BERT_TOKENS) + 1,  # + "[DEC]"
-    qformer_positions=16,
+    qformer_positions=64,
     query_tokens=4,
     llm_width=32,
 )
@@ -354,6 +356,17 @@ def test_vision_tower_computes_what_lavis_computes(inputs, vicuna_converted):
     assert not torch.allclose(features, other_eps, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("converted", ["vicuna_converted", "t5_converted"])
+def test_converted_model_generates_with_lavis_defaults(converted, request):
+    output, model = request.getfixturevalue(converted)
+    processor = InstructBlipProcessor.from_pretrained(output)
+    inputs = processor(images=tiny.image(), text="what is in the image?", return_tensors="pt")
+    assert model.generation_config.num_beams == 5  # read from the converted generation_config.json
+    with torch.no_grad():
+        output_ids = model.generate(**inputs, max_new_tokens=3)
+    assert output_ids.shape[0] == 1 and 1 <= output_ids.shape[1] <= 4  # T5 adds its decoder start token
+
+
 # ---------------------------------------------------------------------------------------------------- Flan-T5
 
 
@@ -450,9 +463,32 @@ def test_pickle_that_needs_code_is_refused(inputs, tmp_path):
     assert not marker.exists()
 
 
+def test_vision_layers_selects_blocks_of_the_vit_file(inputs, tmp_path):
+    model = InstructBlipForConditionalGeneration.from_pretrained(convert(inputs, tmp_path / "out", vision_layers=1))
+    assert model.config.vision_config.num_hidden_layers == 1
+    lavis = inputs["vicuna_trimmed"]
+    ln_vision = {"weight": lavis["ln_vision.weight"], "bias": lavis["ln_vision.bias"]}
+    assert_vision_tower(model.state_dict(), inputs["vit"], ln_vision, num_layers=1)
+
+
 def test_vision_layers_beyond_the_file_is_an_error(inputs, tmp_path):
     with pytest.raises(ConversionError, match="--vision-layers 4: the ViT checkpoint has 3 blocks"):
         convert(inputs, tmp_path / "out", vision_layers=4)
+
+
+def test_qformer_heads_need_a_bert_config(inputs, tmp_path):
+    BertTokenizer(vocab={token: i for i, token in enumerate(BERT_TOKENS)}).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ConversionError, match="No BERT config found for the Q-Former tokenizer"):
+        convert(inputs, tmp_path / "out", qformer_tokenizer=str(tmp_path / "bert"))
+
+
+def test_cli_reports_conversion_errors_without_a_traceback(inputs, tmp_path):
+    spec = importlib.util.spec_from_file_location("convert_lavis_to_hf", REPO / "conversion" / "convert_lavis_to_hf.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    arguments = ["--lavis-checkpoint", str(tmp_path / "absent.pth"), "--llm", str(inputs["vicuna_dir"])]
+    with pytest.raises(SystemExit, match=r"^error: Checkpoint .*absent.pth does not exist"):
+        cli.main([*arguments, "--output", str(tmp_path / "out")])
 
 
 def test_variant_with_other_shapes_is_an_error(inputs, tmp_path):
