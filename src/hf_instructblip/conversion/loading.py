@@ -147,6 +147,8 @@ def open_llm_weights(llm_dir: Path) -> list[WeightFile]:
 
 
 def _open_weight_file(path: Path) -> WeightFile:
+    if not path.is_file():
+        raise ConversionError(f"LLM weight file {path} is listed in its directory's index but missing.")
     return SafetensorsFile(path) if path.suffix == ".safetensors" else TorchFile(path)
 
 
@@ -160,8 +162,12 @@ def resolve_llm(path_or_repo: str) -> Path:
     if local.is_dir():
         return local
     from huggingface_hub import list_repo_files, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
-    files = list_repo_files(path_or_repo)
+    try:
+        files = list_repo_files(path_or_repo)
+    except (HfHubHTTPError, HFValidationError, OSError) as error:
+        raise ConversionError(f"--llm {path_or_repo!r} is neither a local directory nor a Hub repo: {error}") from error
     # Download only one weight format: released repos often carry both .bin and .safetensors (and TF/Flax).
     weights = ["*.safetensors"] if any(name.endswith(".safetensors") for name in files) else ["*.bin"]
     return Path(snapshot_download(path_or_repo, allow_patterns=_LLM_METADATA_PATTERNS + weights))
