@@ -90,7 +90,7 @@ def save_vicuna(directory: Path) -> LlamaForCausalLM:
 
 def save_flan_t5(directory: Path) -> T5ForConditionalGeneration:
     """Flan-T5 in miniature: gated GELU, an lm_head of its own, spare vocabulary rows (32128 vs 32100 tokens), and a
-    weight file that also lists the encoder/decoder copies of `shared`, as older Hub files do."""
+    weight file that also lists the encoder/decoder copies of `shared` and an unused tensor, as older Hub files do."""
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     pieces += [(c, -3.0) for c in CHARS] + [("▁" + c, -2.5) for c in CHARS]
     tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
@@ -110,7 +110,10 @@ def save_flan_t5(directory: Path) -> T5ForConditionalGeneration:
     model = T5ForConditionalGeneration(config)
     model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
     config.save_pretrained(directory)
-    save_file({key: tensor.clone() for key, tensor in model.state_dict().items()}, directory / "model.safetensors")
+    weights = {key: tensor.clone() for key, tensor in model.state_dict().items()}
+    # Old T5 files carry a relative-attention bias that T5ForConditionalGeneration ignores on load.
+    weights["decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"] = torch.zeros(32, 4)
+    save_file(weights, directory / "model.safetensors")
     tokenizer.save_pretrained(directory)
     return model
 

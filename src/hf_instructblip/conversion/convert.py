@@ -1,6 +1,7 @@
 """LAVIS InstructBLIP checkpoint + EVA ViT file + Hugging Face LLM → a hf_instructblip model directory."""
 
 import logging
+import re
 from functools import partial
 from pathlib import Path
 
@@ -82,13 +83,16 @@ def check_variant(config: InstructBlipConfig, variant: str) -> None:
         raise ConversionError(f"The inputs do not look like the released {variant} model: " + "; ".join(mismatches))
 
 
-def llm_weights(files: list[WeightFile], skip: set[str]) -> dict[str, LazyTensor]:
-    """The LLM's tensors under `language_model.`, read lazily; `skip` names aliases re-tied on load."""
+def llm_weights(files: list[WeightFile], aliases: set[str], ignored_patterns: list[str]) -> dict[str, LazyTensor]:
+    """The LLM's tensors under `language_model.`, read lazily. Skipped: `aliases` (re-tied on load), rotary
+    `inv_freq` buffers of older LLaMA files, and what the LLM class itself ignores when loading (`ignored_patterns`,
+    e.g. an unused relative-attention bias in old T5 files)."""
     tensors = {}
     for file in files:
         for key in file.names():
             name = LLM_PREFIX + key
-            if name not in skip and not key.endswith(IGNORED_SUFFIXES):  # older LLaMA files hold rotary inv_freq
+            ignored = key.endswith(IGNORED_SUFFIXES) or any(re.search(pattern, key) for pattern in ignored_patterns)
+            if name not in aliases and not ignored:
                 tensors[name] = LazyTensor(
                     file.shape(key), file.dtype(key), partial(file.read, key), f"{file.path.name}: {key}"
                 )
@@ -165,7 +169,7 @@ def assemble(
     tensors = {
         key: LazyTensor.of(tensor, origins[key]) for key, tensor in renamed.items() if not key.startswith(LLM_PREFIX)
     }
-    llm = llm_weights(llm_files, skip=aliases)
+    llm = llm_weights(llm_files, aliases, model.language_model._keys_to_ignore_on_load_unexpected or [])
     check_embedding_copies({key: renamed[key] for key in renamed.keys() & aliases}, llm, tied, origins)
     overrides = {
         key: LazyTensor.of(renamed[key], origins[key]) for key in renamed.keys() - aliases if key.startswith(LLM_PREFIX)
