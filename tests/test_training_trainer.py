@@ -1,0 +1,254 @@
+"""InstructBlipTrainer on tiny models: what is trained, what stays frozen, resume, eval, model card, TRL."""
+
+import json
+import os
+import shutil
+
+import datasets
+import pytest
+import tiny
+import torch
+from transformers import TrainingArguments
+
+from hf_instructblip.training.collator import InstructBlipDataCollator
+from hf_instructblip.training.recipes import prepare_dataset
+from hf_instructblip.training.trainer import (
+    MIXTURE_STATE_FILE,
+    InstructBlipTrainer,
+    InstructBlipTrainingArguments,
+    freeze_for_instruction_tuning,
+)
+
+PAPER_TRAINABLE_PREFIXES = ("query_tokens", "qformer.", "vision_model.post_layernorm.", "language_projection.")
+
+
+def dataset(name, n, answer="red"):
+    rows = {"image": [tiny.image(i) for i in range(n)], "text_input": [f"{name} {i}?" for i in range(n)],
+            "text_output": [answer] * n}
+    return prepare_dataset(datasets.Dataset.from_dict(rows), "custom", name=name)
+
+
+def arguments(tmp_path, **overrides):
+    defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3,
+                    warmup_steps=0, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1,
+                    disable_tqdm=True)
+    return InstructBlipTrainingArguments(**{**defaults, **overrides})
+
+
+def trainer(tmp_path, kind="llama", model=None, **overrides):
+    return InstructBlipTrainer(
+        model=model or tiny.model(kind),
+        args=arguments(tmp_path, **overrides),
+        processing_class=tiny.processor(kind),
+        train_datasets={"colour": dataset("colour", 12), "shape": dataset("shape", 3, "circle")},
+        mixture_multipliers={"shape": 2.0},
+        eval_datasets={"colour": dataset("colour", 4), "shape": dataset("shape", 4, "circle")},
+    )
+
+
+def trainable_names(model):
+    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def test_paper_defaults_train_queries_qformer_final_layernorm_and_projection(tmp_path):
+    run = trainer(tmp_path)
+    names = trainable_names(run.model)
+    assert names and all(name.startswith(PAPER_TRAINABLE_PREFIXES) for name in names)
+    assert {n for n, _ in run.model.named_parameters() if n.startswith(PAPER_TRAINABLE_PREFIXES)} == names
+    optimizer = run.create_optimizer()
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for p in run.model.parameters() if p.requires_grad}
+    decay_by_param = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    params = dict(run.model.named_parameters())
+    assert decay_by_param[id(params["query_tokens"])] == 0.05
+    assert decay_by_param[id(params["language_projection.weight"])] == 0.05
+    assert decay_by_param[id(params["language_projection.bias"])] == 0.0
+    assert decay_by_param[id(params["vision_model.post_layernorm.weight"])] == 0.0
+    assert (optimizer.defaults["betas"], run.args.lr_scheduler_type.value) == ((0.9, 0.999), "cosine")
+
+
+def test_freeze_flags():
+    model = tiny.model("llama")
+    freeze_for_instruction_tuning(model, train_qformer=False, train_language_model=True, train_vision_post_layernorm=False)
+    names = trainable_names(model)
+    assert any(n.startswith("language_model.") for n in names)
+    assert not any(n.startswith(("qformer.", "query_tokens", "vision_model.")) for n in names)
+    with pytest.raises(ValueError, match="nothing would be trained"):
+        freeze_for_instruction_tuning(model, train_qformer=False, train_language_projection=False,
+                                      train_vision_post_layernorm=False)
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_training_moves_only_trainable_weights_and_frozen_towers_run_in_eval_mode(tmp_path, kind):
+    run = trainer(tmp_path, kind, max_steps=3)
+    before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    modes = []
+    run.model.language_model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    run.model.vision_model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    run.train()
+    unchanged = {name for name, parameter in run.model.named_parameters() if torch.equal(before[name], parameter)}
+    frozen = {name for name, parameter in run.model.named_parameters() if not parameter.requires_grad}
+    assert frozen <= unchanged
+    # The last Q-Former layer's text FFN feeds nothing (only query outputs leave the Q-Former): zero gradient.
+    last = f"qformer.encoder.layer.{run.model.config.qformer_config.num_hidden_layers - 1}."
+    assert all(name.startswith((f"{last}intermediate.", f"{last}output.")) for name in unchanged - frozen)
+    assert run.model.qformer.training and modes and not any(modes)
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_loss_decreases(tmp_path, kind):
+    # A random tiny LLaMA barely reacts to its soft prompt, so the LLM trains too here; the vision tower stays frozen.
+    run = trainer(tmp_path, kind, max_steps=20, learning_rate=1e-2, train_language_model=True)
+    run.train()
+    losses = [log["loss"] for log in run.state.log_history if "loss" in log]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_per_dataset_eval_losses(tmp_path):
+    metrics = trainer(tmp_path, max_steps=1).evaluate()
+    assert {"eval_colour_loss", "eval_shape_loss"} <= set(metrics)
+
+
+def test_plain_training_arguments_get_the_paper_freezing(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    run = InstructBlipTrainer(model=tiny.model("llama"), args=args, processing_class=tiny.processor("llama"),
+                              train_datasets={"colour": dataset("colour", 4)})
+    assert all(name.startswith(PAPER_TRAINABLE_PREFIXES) for name in trainable_names(run.model))
+
+
+def test_resume_continues_the_same_stream_and_reaches_the_same_weights(tmp_path):
+    def run(output_dir, resume=None):
+        seen = []
+        collator = InstructBlipDataCollator(tiny.processor("llama"))
+
+        def recording_collator(examples):
+            seen.append([example["text_input"] for example in examples])
+            return collator(examples)
+
+        instance = InstructBlipTrainer(
+            model=tiny.model("llama"),
+            args=arguments(output_dir, max_steps=6, save_strategy="steps", save_steps=3),
+            train_datasets={"colour": dataset("colour", 12), "shape": dataset("shape", 3, "circle")},
+            data_collator=recording_collator,
+        )
+        instance.train(resume_from_checkpoint=resume)
+        return instance, seen
+
+    full, full_batches = run(tmp_path / "full")
+    checkpoint = tmp_path / "full" / "out" / "checkpoint-3"
+    assert json.loads((checkpoint / MIXTURE_STATE_FILE).read_text())["sizes"] == {"colour": 12, "shape": 3}
+    interrupted = tmp_path / "interrupted.ckpt"
+    shutil.copytree(checkpoint, interrupted)  # what an interrupted run leaves behind
+    resumed, resumed_batches = run(tmp_path / "resumed", resume=str(interrupted))
+    assert resumed_batches == full_batches[3:]
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_refuses_a_changed_mixture(tmp_path):
+    run = trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    run.train()
+    checkpoint = os.path.join(run.args.output_dir, "checkpoint-2")
+    changed = InstructBlipTrainer(
+        model=tiny.model("llama"), args=arguments(tmp_path, max_steps=4), processing_class=tiny.processor("llama"),
+        train_datasets={"colour": dataset("colour", 12), "shape": dataset("shape", 3, "circle")},  # multiplier gone
+    )
+    with pytest.raises(ValueError, match="mixture changed since the checkpoint"):
+        changed.train(resume_from_checkpoint=checkpoint)
+
+
+def test_model_card_lists_the_mixture(tmp_path):
+    run = trainer(tmp_path, max_steps=1)
+    run.train()
+    run.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    weights = run.mixture_sampler.weights
+    assert f"| colour | 12 | 1 | {weights['colour']:.4f} |" in card
+    assert f"| shape | 3 | 2 | {weights['shape']:.4f} |" in card
+    assert "learning_rate: 0.001" in card
+
+
+def test_named_datasets_only(tmp_path):
+    with pytest.raises(ValueError, match="train_datasets="):
+        InstructBlipTrainer(model=tiny.model("llama"), args=arguments(tmp_path), train_dataset=dataset("a", 2),
+                            processing_class=tiny.processor("llama"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="TRL's fused LM head calls `model.base_model(...)` and reads `.last_hidden_state`; the model's "
+    "`base_model_prefix` is '' and InstructBlipOutput has no `last_hidden_state` (modeling change requested).",
+)
+def test_trains_under_trl_sft_trainer(tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    model, processor = tiny.model("llama"), tiny.processor("llama")
+    freeze_for_instruction_tuning(model)
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
+                     report_to=[], use_cpu=True, remove_unused_columns=False, disable_tqdm=True)
+    sft = SFTTrainer(model=model, args=args, train_dataset=dataset("colour", 8), processing_class=processor,
+                     data_collator=InstructBlipDataCollator(processor))
+    before = model.query_tokens.detach().clone()
+    sft.train()
+    assert not torch.equal(before, model.query_tokens)
+
+
+def test_lora_on_the_language_model_trains_adapters_and_merges_into_a_plain_checkpoint(tmp_path):
+    from peft import LoraConfig
+
+    from hf_instructblip import InstructBlipForConditionalGeneration
+    from hf_instructblip.training.trainer import merge_lora
+
+    model = tiny.model("llama")
+    base_lm = {name: p.detach().clone() for name, p in model.language_model.named_parameters()}
+    run = InstructBlipTrainer(
+        model=model, args=arguments(tmp_path, max_steps=2), processing_class=tiny.processor("llama"),
+        train_datasets={"colour": dataset("colour", 8)},
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    names = trainable_names(run.model)
+    assert any("lora_" in name for name in names) and all(
+        "lora_" in name or name.startswith(PAPER_TRAINABLE_PREFIXES) for name in names
+    )
+    run.train()
+    batch = InstructBlipDataCollator(tiny.processor("llama"))([dataset("colour", 2)[i] for i in range(2)])
+    with torch.no_grad():
+        expected = run.model.eval()(**batch).logits
+    merge_lora(run.model)
+    run.model.save_pretrained(tmp_path / "merged")
+    reloaded = InstructBlipForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+    assert any(not torch.equal(base_lm[n], p) for n, p in reloaded.language_model.named_parameters())
+
+
+def test_bf16_keeps_frozen_towers_in_bf16_and_trains_float32_weights(tmp_path):
+    model = tiny.model("llama").to(torch.bfloat16)
+    run = trainer(tmp_path, model=model, max_steps=2, bf16=True)
+    dtypes = {name: p.dtype for name, p in run.model.named_parameters()}
+    assert {dtypes[n] for n in trainable_names(run.model)} == {torch.float32}
+    assert dtypes["vision_model.embeddings.patch_embedding.weight"] == torch.bfloat16
+    assert dtypes["language_model.lm_head.weight"] == torch.bfloat16
+    run.train()
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+
+
+def test_activation_checkpointing_trains(tmp_path):
+    run = trainer(tmp_path, max_steps=2, activation_checkpointing=True)
+    before = run.model.query_tokens.detach().clone()
+    run.train()
+    assert run.model.qformer.is_gradient_checkpointing
+    assert not torch.equal(before, run.model.query_tokens)
+
+
+def test_push_to_hub_publishes_the_mixture_card(tmp_path):
+    from huggingface_hub import hf_hub_download
+
+    repo_id = "org/instructblip-shapes-tuned"
+    run = trainer(tmp_path, max_steps=1, push_to_hub=True, hub_model_id=repo_id)
+    run.train()
+    run.push_to_hub()
+    with open(hf_hub_download(repo_id, "README.md")) as card:
+        text = card.read()
+    assert "## Instruction-tuning mixture" in text and "| shape | 3 | 2 |" in text
+    assert hf_hub_download(repo_id, "model.safetensors")
