@@ -174,25 +174,6 @@ def test_named_datasets_only(tmp_path):
                             processing_class=tiny.processor("llama"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TRL's fused LM head calls `model.base_model(...)` and reads `.last_hidden_state`; the model's "
-    "`base_model_prefix` is '' and InstructBlipOutput has no `last_hidden_state` (modeling change requested).",
-)
-def test_trains_under_trl_sft_trainer(tmp_path):
-    from trl import SFTConfig, SFTTrainer
-
-    model, processor = tiny.model("llama"), tiny.processor("llama")
-    freeze_for_instruction_tuning(model)
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
-                     report_to=[], use_cpu=True, remove_unused_columns=False, disable_tqdm=True)
-    sft = SFTTrainer(model=model, args=args, train_dataset=dataset("colour", 8), processing_class=processor,
-                     data_collator=InstructBlipDataCollator(processor))
-    before = model.query_tokens.detach().clone()
-    sft.train()
-    assert not torch.equal(before, model.query_tokens)
-
-
 def test_lora_on_the_language_model_trains_adapters_and_merges_into_a_plain_checkpoint(tmp_path):
     from peft import LoraConfig
 
