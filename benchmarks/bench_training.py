@@ -18,11 +18,16 @@ in a fresh subprocess per setting so the settings do not see each other's alloca
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+# Busy-waiting OpenMP threads make every parallel region cost a time slice when another process holds a core
+# (shared machines); passive waiting keeps the timings about the model. Must precede `import torch`.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 from bench_inference import NUM_QUERY_TOKENS, small_config_kwargs
@@ -43,14 +48,14 @@ def make_batch(batch_size: int, device: str) -> dict:
     labels = input_ids.clone()
     labels[:, : NUM_QUERY_TOKENS + 1 + INSTRUCTION_TOKENS] = -100
     qformer_input_ids = torch.randint(1000, 30000, (batch_size, INSTRUCTION_TOKENS), generator=generator)
-    batch = dict(
-        pixel_values=torch.randn(batch_size, 3, 224, 224, generator=generator),
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        qformer_input_ids=qformer_input_ids,
-        qformer_attention_mask=torch.ones_like(qformer_input_ids),
-        labels=labels,
-    )
+    batch = {
+        "pixel_values": torch.randn(batch_size, 3, 224, 224, generator=generator),
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "qformer_input_ids": qformer_input_ids,
+        "qformer_attention_mask": torch.ones_like(qformer_input_ids),
+        "labels": labels,
+    }
     return {key: value.to(device) for key, value in batch.items()}
 
 

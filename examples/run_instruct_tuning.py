@@ -213,7 +213,7 @@ def answer_fresh_image(output_dir: str, world, seed: int):
 MINIATURE_ARGS = [
     "--output_dir", "outputs/instructblip-shapes-miniature",
     "--per_device_train_batch_size", "32",
-    "--max_steps", "3000",
+    "--max_steps", "2500",
     "--learning_rate", "3e-3",
     "--warmup_steps", "0.05",
     "--logging_steps", "250",
