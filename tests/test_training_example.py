@@ -53,3 +53,27 @@ def test_miniature_end_to_end_at_toy_size(tmp_path, capsys):
     assert "| colour_vqa | held-in |" in printed and "| exists_vqa | held-out |" in printed
     assert "pipeline('image-text-to-text')" in printed
     assert os.path.isfile(tmp_path / "out" / "model.safetensors")
+
+
+def test_real_path_trains_a_saved_checkpoint_on_saved_datasets(tmp_path):
+    import datasets
+    import tiny
+
+    tiny.model("llama").save_pretrained(tmp_path / "base")
+    tiny.processor("llama").save_pretrained(tmp_path / "base")
+    rows = {"image": [tiny.image(i) for i in range(6)], "question": ["what is it?"] * 6,
+            "answers": [["a cat"] * 10] * 6}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "vqa"))
+    datasets.Dataset.from_dict({"image": rows["image"], "caption": ["a cat"] * 6}).save_to_disk(str(tmp_path / "cap"))
+    run_instruct_tuning.main([
+        "--model_name_or_path", str(tmp_path / "base"),
+        "--datasets", f"vqav2={tmp_path / 'vqa'}:2.0", f"captions/web_capfilt={tmp_path / 'cap'}",
+        "--eval_datasets", f"vqav2={tmp_path / 'vqa'}",
+        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+        "--report_to", "none", "--use_cpu", "--save_strategy", "no", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--lora_rank", "2", "--disable_tqdm", "true",
+    ])
+    from hf_instructblip import InstructBlipForConditionalGeneration
+
+    tuned, info = InstructBlipForConditionalGeneration.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info.values())  # LoRA merged: a plain checkpoint

@@ -9,7 +9,7 @@ a function of `(seed, dataset name, row index)` only (see [`~templates.example_r
 from datasets import load_dataset
 
 vqav2 = prepare_dataset(load_dataset("HuggingFaceM4/VQAv2", split="train"), "vqav2", seed=0)
-vqav2[0]  # {"image": <PIL.Image>, "text_input": "Q: What is this photo taken looking through? A:", "text_output": "net"}
+vqav2[0]  # e.g. {"image": <PIL.Image>, "text_input": "Q: What is this photo taken looking through? A:", "text_output": "net"}
 ```
 
 Column names default to the schema of the public copy named in each recipe's `source`; pass
