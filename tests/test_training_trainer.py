@@ -252,3 +252,15 @@ def test_push_to_hub_publishes_the_mixture_card(tmp_path):
         text = card.read()
     assert "## Instruction-tuning mixture" in text and "| shape | 3 | 2 |" in text
     assert hf_hub_download(repo_id, "model.safetensors")
+
+
+def test_cached_vision_features_give_the_same_training(tmp_path):
+    plain = trainer(tmp_path / "plain", max_steps=6)
+    plain.train()
+    cached = trainer(tmp_path / "cached", max_steps=6, cache_vision_features=True)
+    cached.train()
+    assert cached.vision_cache.hits > 0 and cached.vision_cache.misses <= 15  # 15 distinct training images
+    for (name, a), b in zip(plain.model.named_parameters(), cached.model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="needs a frozen vision tower"):
+        trainer(tmp_path, cache_vision_features=True, train_vision_model=True)

@@ -16,6 +16,7 @@ Everything else (bf16, gradient checkpointing, DDP/FSDP/DeepSpeed through `accel
 `push_to_hub`) is `Trainer`'s.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -56,6 +57,12 @@ class InstructBlipTrainingArguments(TrainingArguments):
     train_language_projection: bool = field(default=True, metadata={"help": "Train the Q-Former → LLM projection."})
     train_language_model: bool = field(default=False, metadata={"help": "Train the whole LLM."})
 
+    cache_vision_features: bool = field(
+        default=False,
+        metadata={"help": "Compute the frozen vision encoder once per distinct image and reuse it (no random "
+                  "augmentation; memory grows with the number of images: for small datasets)."},
+    )
+
     # Data.
     mixture_alpha: float = field(default=0.5, metadata={"help": "p_d ∝ size_d^alpha (paper: 0.5)."})
     max_instruction_length: int = field(default=128, metadata={"help": "Instruction tokens kept (from the end)."})
@@ -71,6 +78,34 @@ def upcast_trainable(model: nn.Module) -> None:
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.is_floating_point():
             parameter.data = parameter.data.float()
+
+
+class FrozenFeatureCache:
+    """Replaces a frozen module's `forward` by a lookup keyed on each input row's bytes.
+
+    The vision encoder's output for an image never changes while it is frozen, so every repeat of the image (the
+    mixture sampler revisits small datasets many times) can skip it. Valid only if the same image always gives the
+    same input (no random augmentation). Memory grows with the number of distinct images (EVA ViT-g: 257 × 1408
+    values each), so this is for small datasets; the module's weights and state dict are untouched.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.compute = module.forward
+        self.features: dict[bytes, torch.Tensor] = {}
+        self.hits = self.misses = 0
+        module.forward = self
+
+    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        keys = [hashlib.blake2b(row.detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
+                for row in hidden_states]
+        missing = [i for i, key in enumerate(keys) if key not in self.features]
+        if missing:
+            with torch.no_grad():
+                computed = self.compute(hidden_states[missing])
+            self.features.update((keys[i], row) for i, row in zip(missing, computed))
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        return torch.stack([self.features[key] for key in keys])
 
 
 def add_lora(model: nn.Module, lora_config) -> None:
@@ -158,6 +193,12 @@ class InstructBlipTrainer(Trainer):
             raise ValueError("Pass named datasets as train_datasets={name: ds} and eval_datasets={name: ds}.")
         args = args if args is not None else InstructBlipTrainingArguments(output_dir="instructblip-tuned")
         self.frozen_modules = freeze_for_instruction_tuning(model, **_freeze_flags(args))
+        self.vision_cache = None
+        if getattr(args, "cache_vision_features", False):
+            if args.train_vision_model:
+                raise ValueError("cache_vision_features needs a frozen vision tower (train_vision_model=False).")
+            # The encoder only: the final LayerNorm after it trains by default.
+            self.vision_cache = FrozenFeatureCache(model.vision_model.encoder)
         if args.bf16 or args.fp16:
             upcast_trainable(model)
         if peft_config is not None:
@@ -279,6 +320,7 @@ def mixture_card_section(sampler: MixtureSampler, multipliers: Mapping[str, floa
 
 
 __all__ = [
+    "FrozenFeatureCache",
     "InstructBlipTrainer",
     "InstructBlipTrainingArguments",
     "add_lora",
