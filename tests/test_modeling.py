@@ -67,6 +67,23 @@ def test_loss_matches_transformers_builtin(kind):
     torch.testing.assert_close(ours_loss, oracle_loss, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_last_hidden_state_is_what_the_lm_head_reads(kind):
+    model = tiny.model(kind)
+    inputs = batch(kind)
+    if kind == "t5":
+        inputs["decoder_input_ids"] = torch.tensor([[0, 5, 9, 7], [0, 11, 4, 6]])
+    with torch.no_grad():
+        outputs = model(**inputs)
+        hidden = outputs.last_hidden_state
+        if kind == "t5":  # a tied T5 config rescales before its head; Flan-T5's is untied and does not
+            hidden = hidden * model.config.text_config.d_model**-0.5
+        logits = model.get_output_embeddings()(hidden)
+    assert outputs.last_hidden_state.shape[:2] == outputs.logits.shape[:2]
+    torch.testing.assert_close(logits, outputs.logits, rtol=0, atol=1e-6)
+    assert model(**inputs, output_hidden_states=False).last_hidden_state is None
+
+
 @pytest.mark.parametrize("decoding", [dict(num_beams=1), dict(num_beams=3, num_return_sequences=2)])
 @pytest.mark.parametrize("kind", KINDS)
 def test_generation_matches_transformers_builtin(kind, decoding):

@@ -66,10 +66,12 @@ def test_qformer_text_is_truncated_from_the_left_with_a_warning(caplog):
     assert len(inputs["input_ids"][0]) > 8  # the LLM prompt is not truncated
 
 
-def test_chat_messages_render_to_the_instruction():
-    processor = tiny.processor("llama")
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_chat_messages_tokenize_like_the_instruction(kind):
+    processor = tiny.processor(kind)
+    bos = "<s> " if kind == "llama" else ""  # the template carries the LLM's bos, as TRL's collators expect
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]}]
-    assert processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == "what is it?"
+    assert processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == bos + "what is it?"
     inputs = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image", "image": tiny.image(0)}, {"type": "text", "text": "hi"}]}],
         tokenize=True, return_dict=True, return_tensors="pt",
@@ -77,6 +79,31 @@ def test_chat_messages_render_to_the_instruction():
     expected = processor(images=tiny.image(0), text="hi", return_tensors="pt")
     for key in expected:
         torch.testing.assert_close(inputs[key], expected[key])
+
+
+def test_chat_answer_reaches_the_llm_with_eos_but_never_the_qformer():
+    processor = tiny.processor("llama")
+    exchange = [
+        {"role": "user", "content": [{"type": "image", "image": tiny.image(0)}, {"type": "text", "text": "hue?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "dark red"}]},
+    ]
+    assert processor.apply_chat_template(exchange, tokenize=False) == "<s> hue? dark red</s>"
+    inputs = processor.apply_chat_template(exchange, tokenize=True, return_dict=True,
+                                           return_assistant_tokens_mask=True, processor_kwargs={"add_special_tokens": False})
+    expected = processor(images=tiny.image(0), text="hue? dark red</s>", qformer_text="hue?")
+    assert inputs["input_ids"] == expected["input_ids"]
+    assert inputs["qformer_input_ids"] == processor(images=tiny.image(0), text="hue?")["qformer_input_ids"]
+    answer = processor.tokenizer("dark red", add_special_tokens=False)["input_ids"] + [processor.tokenizer.eos_token_id]
+    masked = [t for t, m in zip(inputs["input_ids"][0], inputs["assistant_masks"][0]) if m]
+    assert masked == answer
+
+
+def test_qformer_text_must_match_text():
+    processor = tiny.processor("llama")
+    with pytest.raises(ValueError, match="2 texts but 1 qformer_text"):
+        processor(images=[tiny.image(0)] * 2, text=["a", "b"], qformer_text=["a"])
+    with pytest.raises(ValueError, match="qformer_text is given without text"):
+        processor(images=tiny.image(0), qformer_text="a")
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -174,12 +174,53 @@ def test_named_datasets_only(tmp_path):
                             processing_class=tiny.processor("llama"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TRL's fused LM head calls `model.base_model(...)` and reads `.last_hidden_state`; the model's "
-    "`base_model_prefix` is '' and InstructBlipOutput has no `last_hidden_state` (modeling change requested).",
-)
-def test_trains_under_trl_sft_trainer(tmp_path):
+def sft_trainer(tmp_path, model, processor, train_dataset, **config):
+    from trl import SFTConfig, SFTTrainer
+
+    # bf16=False: TRL's default would leave autocast state behind for later tests on CPU.
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
+                     report_to=[], use_cpu=True, disable_tqdm=True, bf16=False, **config)
+    return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor)
+
+
+def chat_dataset(n):
+    """TRL's conversational vision format: one image and one user/assistant exchange per row."""
+    def exchange(i):
+        user = [{"type": "image"}, {"type": "text", "text": f"colour {i}?"}]
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
+
+    return datasets.Dataset.from_dict({"images": [[tiny.image(i)] for i in range(n)],
+                                       "messages": [exchange(i) for i in range(n)]})
+
+
+def test_trl_sft_trainer_on_chat_messages_builds_the_lavis_layout_and_trains(tmp_path):
+    model, processor = tiny.model("llama"), tiny.processor("llama")
+    freeze_for_instruction_tuning(model)
+    frozen = {name: p.detach().clone() for name, p in model.language_model.named_parameters()}
+    sft = sft_trainer(tmp_path, model, processor, chat_dataset(8), assistant_only_loss=True, logging_steps=1)
+
+    trl_batch = next(iter(sft.get_train_dataloader()))
+    rows = [{"image": tiny.image(int(text.split()[1][:-1])), "text_input": text, "text_output": "red"}
+            for text in processor.qformer_tokenizer.batch_decode(trl_batch["qformer_input_ids"],
+                                                                   skip_special_tokens=True)]
+    ours = InstructBlipDataCollator(processor)(rows)
+    # TRL's collator pads on the right like ours here; same tokens, same loss positions, same Q-Former instruction.
+    for key in ("input_ids", "labels", "qformer_input_ids", "pixel_values"):
+        torch.testing.assert_close(trl_batch[key], ours[key], rtol=0, atol=1e-6, msg=key)
+    with torch.no_grad():  # TRL's fused LM head reads `last_hidden_state` and must give the model's own loss
+        fused = model(**trl_batch, fused_lm_head=True).loss
+        plain = model(**trl_batch).loss
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+    before = model.query_tokens.detach().clone()
+    sft.train()
+    assert not torch.equal(before, model.query_tokens)
+    assert all(torch.equal(p, frozen[name]) for name, p in model.language_model.named_parameters())
+    losses = [entry["loss"] for entry in sft.state.log_history if "loss" in entry]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_trl_sft_trainer_takes_the_lavis_collator(tmp_path):
     from trl import SFTConfig, SFTTrainer
 
     model, processor = tiny.model("llama"), tiny.processor("llama")

@@ -41,6 +41,10 @@ class InstructBlipOutput(ModelOutput):
             cross-entropy over the target tokens.
         logits (`torch.FloatTensor` of shape `(batch_size, target_length, vocab_size)`): language model logits,
             over every input position for a decoder-only LLM, over the decoder positions for an encoder-decoder.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, target_length, text_hidden_size)`): the
+            language model's final (normalised) hidden states at the positions of `logits`, the decoder's for an
+            encoder-decoder. For Vicuna/LLaMA and Flan-T5 this is exactly what the LM head reads, so trainers with a
+            fused LM head (TRL's `SFTTrainer`) compute the loss from it instead of from the logits.
         image_features (`torch.FloatTensor` of shape `(batch_size, frames * num_query_tokens, text_hidden_size)`):
             the projected query outputs that replaced the `<image>` placeholders.
         language_model_outputs (`ModelOutput`): everything the language model returned (cache, hidden states...).
@@ -48,6 +52,7 @@ class InstructBlipOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
     image_features: torch.FloatTensor | None = None
     language_model_outputs: ModelOutput | None = None
 
@@ -511,7 +516,10 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 with `input_ids` and not shifted (the LLM shifts), -100 where no loss is taken (placeholders,
                 instruction, padding). Encoder-decoder: the decoder targets, shape `(batch_size, target_length)`.
             decoder_input_ids, decoder_attention_mask (`torch.LongTensor`, *optional*): encoder-decoder only.
-            kwargs: passed to the language model (e.g. `num_items_in_batch`, `output_hidden_states`).
+            kwargs: passed to the language model (e.g. `num_items_in_batch`). The language model is asked for its
+                hidden states (`output_hidden_states=True`) to return `last_hidden_state`; under autograd every
+                layer's output is kept for the backward pass anyway, so this costs memory only without gradients,
+                where `output_hidden_states=False` turns it off.
         """
         if input_ids is None:
             raise ValueError("input_ids are required: they carry the prompt and the <image> placeholders.")
@@ -521,13 +529,20 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             image_features = self.get_image_features(pixel_values, qformer_input_ids, qformer_attention_mask)
         inputs_embeds = self._embed_prompt(input_ids, image_features, inputs_embeds)
 
-        if not self.config.use_decoder_only_language_model:
+        decoder_only = self.config.use_decoder_only_language_model
+        if not decoder_only:
             kwargs.update(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
+        kwargs.setdefault("output_hidden_states", True)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, return_dict=True, **kwargs
         )
+        hidden_states = outputs.hidden_states if decoder_only else outputs.decoder_hidden_states
         return InstructBlipOutput(
-            loss=outputs.loss, logits=outputs.logits, image_features=image_features, language_model_outputs=outputs
+            loss=outputs.loss,
+            logits=outputs.logits,
+            last_hidden_state=None if hidden_states is None else hidden_states[-1],
+            image_features=image_features,
+            language_model_outputs=outputs,
         )
 
     def _default_prompt_ids(self, batch_size: int, frames: int, device) -> torch.LongTensor:

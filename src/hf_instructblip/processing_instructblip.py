@@ -26,13 +26,22 @@ logger = logging.get_logger(__name__)
 IMAGE_TOKEN = "<image>"
 
 # InstructBLIP has no chat format: the prompt is the instruction itself. The template joins the text parts of the
-# conversation; images are passed to the processor separately and become placeholders in front of the text.
+# conversation behind the LLM's bos (then a space, so the first word keeps its word-start piece as when the tokenizer
+# adds bos itself); images are passed to the processor separately and
+# become placeholders in front of the text. An assistant turn (training data) ends with eos, the target LAVIS trains
+# on, and is marked for assistant-only loss.
 CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
+    "{%- macro text(message) -%}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}{%- for part in message['content'] if part['type'] == 'text' -%}"
     "{{ part['text'] }}{{ ' ' if not loop.last }}"
     "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if bos_token -%}{{ bos_token }} {% endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{ text(message) }}{{ eos_token }}{%- endgeneration -%}"
+    "{%- else -%}{{ text(message) }}{%- endif -%}"
     "{{ ' ' if not loop.last }}"
     "{%- endfor -%}"
 )
@@ -149,9 +158,15 @@ class InstructBlipProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "qformer_input_ids", "qformer_attention_mask", "pixel_values"]
 
-    def __call__(self, images=None, text=None, videos=None, **kwargs) -> BatchFeature:
+    def __call__(self, images=None, text=None, videos=None, qformer_text=None, **kwargs) -> BatchFeature:
         """Process `images` (one or a list) or `videos` (a list of videos, each a list of frames), and `text`
-        (one instruction or a list, one per image or video)."""
+        (one instruction or a list, one per image or video).
+
+        `qformer_text` (one string or a list, as `text`) is what the Q-Former reads when it must differ from the
+        LLM's text: the instruction alone when `text` also holds the answer (the chat template's training path).
+        It defaults to `text` without the LLM tokenizer's special tokens (a chat-rendered prompt starts with `<s>`),
+        which mean nothing to the Q-Former's BERT tokenizer.
+        """
         if images is not None and videos is not None:
             raise ValueError("Pass either images or videos, not both.")
         if images is None and videos is None and text is None:
@@ -167,17 +182,24 @@ class InstructBlipProcessor(ProcessorMixin):
         elif videos is not None:
             encoding["pixel_values"] = self._process_videos(videos, output_kwargs["images_kwargs"])
             frames = encoding["pixel_values"].shape[1]
+        if qformer_text is not None and text is None:
+            raise ValueError("qformer_text is given without text.")
         if text is not None:
-            text = [text] if isinstance(text, str) else list(text)
-            if not text or not all(isinstance(t, str) for t in text):
-                raise ValueError("text must be a string or a non-empty list of strings.")
+            text = self._as_texts(text, "text")
             if frames and len(text) != len(encoding["pixel_values"]):
                 kind = "images" if images is not None else "videos"
                 raise ValueError(
                     f"Got {len(encoding['pixel_values'])} {kind} but {len(text)} texts: pass one instruction per "
                     f"{kind[:-1]}."
                 )
-            encoding.update(self._tokenize(text, frames * self.num_query_tokens, output_kwargs["text_kwargs"]))
+            qformer_text = self._as_texts(text if qformer_text is None else qformer_text, "qformer_text")
+            qformer_text = [self._without_llm_special_tokens(t) for t in qformer_text]
+            if len(qformer_text) != len(text):
+                raise ValueError(f"Got {len(text)} texts but {len(qformer_text)} qformer_text: pass one of each.")
+            llm_inputs = self._tokenize_llm(text, frames * self.num_query_tokens, output_kwargs["text_kwargs"])
+            qformer_inputs = self._tokenize_qformer(qformer_text, output_kwargs["text_kwargs"])
+            encoding.update(llm_inputs, qformer_input_ids=qformer_inputs["input_ids"],
+                            qformer_attention_mask=qformer_inputs["attention_mask"])
         return BatchFeature(encoding, tensor_type=return_tensors)
 
     def _process_images(self, images, images_kwargs) -> np.ndarray:
@@ -205,24 +227,36 @@ class InstructBlipProcessor(ProcessorMixin):
         pixel_values = self.image_processor(frames, return_tensors="np", **images_kwargs)["pixel_values"]
         return np.asarray(pixel_values).reshape(len(videos), lengths.pop(), *pixel_values.shape[1:])
 
-    def _tokenize(self, text: list[str], num_placeholders: int, text_kwargs: dict) -> dict:
-        qformer = self._tokenize_qformer(text, text_kwargs)
-        llm = self.tokenizer(text, **text_kwargs)
+    @staticmethod
+    def _as_texts(text, name: str) -> list[str]:
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"{name} must be a string or a non-empty list of strings.")
+        return texts
+
+    def _without_llm_special_tokens(self, text: str) -> str:
+        for token in self.tokenizer.all_special_tokens:
+            text = text.replace(token, " ")
+        return text.strip()
+
+    def _tokenize_llm(self, text: list[str], num_placeholders: int, text_kwargs: dict) -> dict:
+        llm = dict(self.tokenizer(text, **text_kwargs))
         if num_placeholders:
             # The placeholders come first, in front of BOS and (with left padding) of the padding, as in LAVIS
-            # where the query embeddings are concatenated before the tokenized prompt.
-            placeholders = [self.image_token_id] * num_placeholders
-            llm["input_ids"] = [placeholders + ids for ids in llm["input_ids"]]
-            llm["attention_mask"] = [[1] * num_placeholders + mask for mask in llm["attention_mask"]]
-        return {
-            "input_ids": llm["input_ids"],
-            "attention_mask": llm["attention_mask"],
-            "qformer_input_ids": qformer["input_ids"],
-            "qformer_attention_mask": qformer["attention_mask"],
-        }
+            # where the query embeddings are concatenated before the tokenized prompt. Offsets (asked for by the
+            # chat template's assistant mask) get empty spans, which match no character of the text.
+            prefixes = {"input_ids": self.image_token_id, "attention_mask": 1, "offset_mapping": (0, 0)}
+            for key, prefix in prefixes.items():
+                if key in llm:
+                    llm[key] = [[prefix] * num_placeholders + list(row) for row in llm[key]]
+        return llm
 
     def _tokenize_qformer(self, text: list[str], text_kwargs: dict) -> dict:
-        kwargs = {k: v for k, v in text_kwargs.items() if k not in ("max_length", "truncation", "padding_side")}
+        # Length limits and padding side are the LLM's; `add_special_tokens=False` (TRL passes it for chat-rendered
+        # LLM prompts, whose template already holds bos) must not strip the Q-Former's [CLS]/[SEP], which LAVIS
+        # always adds.
+        llm_only = ("max_length", "truncation", "padding_side", "add_special_tokens", "return_offsets_mapping")
+        kwargs = {k: v for k, v in text_kwargs.items() if k not in llm_only}
         lengths = [len(ids) for ids in self.qformer_tokenizer(text, add_special_tokens=True)["input_ids"]]
         too_long = [i for i, length in enumerate(lengths) if length > self.qformer_max_length]
         if too_long:
@@ -230,7 +264,27 @@ class InstructBlipProcessor(ProcessorMixin):
                 f"Instructions {too_long} are longer than qformer_max_length={self.qformer_max_length} Q-Former "
                 "tokens; the Q-Former reads only their last tokens (LAVIS truncates from the left too)."
             )
-        return self.qformer_tokenizer(text, truncation=True, max_length=self.qformer_max_length, **kwargs)
+        return self.qformer_tokenizer(
+            text, truncation=True, max_length=self.qformer_max_length, add_special_tokens=True, **kwargs
+        )
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """Render (and with `tokenize=True`, process) conversations; see `ProcessorMixin.apply_chat_template`.
+
+        When tokenizing, the Q-Former reads the conversation without its assistant turns: the instruction, as in
+        LAVIS. An answer in a training conversation (TRL's `SFTTrainer` on `messages`) thus reaches the LLM as the
+        target but never the instruction-aware visual features, which at inference see the question alone.
+        """
+        if kwargs.get("tokenize"):
+            conversations, _ = self._normalize_conversations(conversation)
+            instructions = [
+                super(InstructBlipProcessor, self).apply_chat_template(
+                    [message for message in messages if message["role"] != "assistant"], chat_template
+                )
+                for messages in conversations
+            ]
+            kwargs["processor_kwargs"] = {**(kwargs.get("processor_kwargs") or {}), "qformer_text": instructions}
+        return super().apply_chat_template(conversation, chat_template, **kwargs)
 
     def save_pretrained(self, save_directory, **kwargs):
         """Save like any processor, minus the `processor_class` name.
