@@ -7,8 +7,9 @@ import shutil
 import datasets
 import pytest
 import tiny
+import numpy as np
 import torch
-from transformers import TrainingArguments
+from transformers import EvalPrediction, TrainingArguments
 
 from hf_instructblip.training.collator import InstructBlipDataCollator
 from hf_instructblip.training.recipes import prepare_dataset
@@ -16,7 +17,9 @@ from hf_instructblip.training.trainer import (
     MIXTURE_STATE_FILE,
     InstructBlipTrainer,
     InstructBlipTrainingArguments,
+    answer_metrics,
     freeze_for_instruction_tuning,
+    predicted_answer_tokens,
 )
 
 PAPER_TRAINABLE_PREFIXES = ("query_tokens", "qformer.", "vision_model.post_layernorm.", "language_projection.")
@@ -104,9 +107,45 @@ def test_loss_decreases(tmp_path, kind):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
 
-def test_per_dataset_eval_losses(tmp_path):
-    metrics = trainer(tmp_path, max_steps=1).evaluate()
-    assert {"eval_colour_loss", "eval_shape_loss"} <= set(metrics)
+def test_answer_metrics_exact_values():
+    labels = np.array([[-100, 5, 6, 2], [-100, -100, 7, 2], [-100, -100, -100, -100]])
+    predictions = np.array([[9, 5, 0, 2], [1, 1, 7, 2], [4, 4, 4, 4]])
+    metrics = answer_metrics(EvalPrediction(predictions=predictions, label_ids=labels))
+    # 4 of the 5 answer tokens right; row 0 misses one, row 1 is exact; row 2 has no answer and is not counted.
+    assert metrics == {"answer_token_accuracy": 0.8, "answer_exact_match": 0.5}
+
+
+def test_predictions_are_aligned_with_unshifted_decoder_only_labels():
+    logits = torch.nn.functional.one_hot(torch.tensor([[3, 1, 4, 1]]), num_classes=6).float()
+    labels = torch.tensor([[-100, 3, 1, 4]])
+    assert predicted_answer_tokens(logits, labels, decoder_only=True).tolist() == [[-100, 3, 1, 4]]
+    assert predicted_answer_tokens(logits, labels, decoder_only=False).tolist() == [[3, 1, 4, 1]]
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_per_dataset_eval_losses_and_answer_metrics(tmp_path, kind):
+    run = trainer(tmp_path, kind, max_steps=1, per_device_eval_batch_size=3)
+    metrics = run.evaluate()
+    # Recompute each dataset's numbers by hand, over the same batches of 3 and 1 (Trainer weights batch losses by
+    # batch size; predictions of different lengths are padded with -100 when gathered).
+    for name, eval_set in run.eval_dataset.items():
+        scored, right, weighted_losses = [], [], []
+        for start in (0, 3):
+            batch = run.data_collator([eval_set[i] for i in range(start, min(start + 3, len(eval_set)))])
+            with torch.no_grad():
+                outputs = run.model(**batch)
+            logits, labels = outputs.logits, batch["labels"]
+            if kind == "llama":
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            scored += list(labels != -100)
+            right += list((logits.argmax(-1) == labels) & (labels != -100))
+            weighted_losses.append(outputs.loss.item() * len(labels))
+        assert metrics[f"eval_{name}_loss"] == pytest.approx(sum(weighted_losses) / len(eval_set), rel=1e-4)
+        scored = torch.stack([s.sum() for s in scored])
+        right = torch.stack([r.sum() for r in right])
+        assert metrics[f"eval_{name}_answer_token_accuracy"] == pytest.approx(right.sum().item() / scored.sum().item())
+        exact = (right == scored).float().mean().item()
+        assert metrics[f"eval_{name}_answer_exact_match"] == pytest.approx(exact)
 
 
 def test_plain_training_arguments_get_the_paper_freezing(tmp_path):

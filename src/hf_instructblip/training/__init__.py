@@ -11,6 +11,7 @@ from .trainer import (
     InstructBlipTrainer,
     InstructBlipTrainingArguments,
     add_lora,
+    answer_metrics,
     freeze_for_instruction_tuning,
     merge_lora,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "MixtureSampler",
     "Recipe",
     "add_lora",
+    "answer_metrics",
     "freeze_for_instruction_tuning",
     "interleave_mixture",
     "load_source",

@@ -16,6 +16,7 @@ Everything else (bf16, gradient checkpointing, DDP/FSDP/DeepSpeed through `accel
 `push_to_hub`) is `Trainer`'s.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,12 +24,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .collator import InstructBlipDataCollator
+from .collator import IGNORE_INDEX, InstructBlipDataCollator
 from .mixture import ConcatenatedDatasets, MixtureSampler
 
 logger = logging.getLogger(__name__)
@@ -159,6 +161,36 @@ def freeze_for_instruction_tuning(
     return frozen
 
 
+def predicted_answer_tokens(logits: torch.Tensor, labels: torch.Tensor, decoder_only: bool) -> torch.Tensor:
+    """Greedy (teacher-forced) predictions aligned with `labels`, -100 where nothing is predicted.
+
+    A decoder-only LLM's labels are not shifted, so position t is predicted by the logits at t - 1. Reducing the
+    logits `(batch, length, vocab)` to token ids here keeps evaluation from gathering them whole.
+    """
+    predicted = logits.argmax(dim=-1)
+    if not decoder_only:
+        return predicted
+    aligned = torch.full_like(labels, IGNORE_INDEX)
+    aligned[:, 1:] = predicted[:, :-1]
+    return aligned
+
+
+def answer_metrics(eval_prediction) -> dict[str, float]:
+    """Teacher-forced answer metrics over the loss positions (answer tokens and `</s>`).
+
+    `answer_token_accuracy`: the share of those tokens predicted right. `answer_exact_match`: the share of examples
+    with all of them right, i.e. whose answer greedy decoding would reproduce exactly.
+    """
+    predictions, labels = np.asarray(eval_prediction.predictions), np.asarray(eval_prediction.label_ids)
+    scored = labels != IGNORE_INDEX
+    right = (predictions == labels) & scored
+    has_answer = scored.any(axis=1)
+    return {
+        "answer_token_accuracy": float(right.sum() / max(scored.sum(), 1)),
+        "answer_exact_match": float((right.sum(axis=1) == scored.sum(axis=1))[has_answer].mean()),
+    }
+
+
 class InstructBlipTrainer(Trainer):
     """`Trainer` over a mixture of named datasets, training the paper's components by default.
 
@@ -171,7 +203,9 @@ class InstructBlipTrainer(Trainer):
             with probabilities ∝ size^alpha × multiplier by a [`MixtureSampler`] seeded from `args.data_seed` or
             `args.seed`.
         mixture_multipliers: name → factor on a dataset's weight (the paper raised OK-VQA, lowered A-OKVQA).
-        eval_datasets: name → dataset; `evaluate()` reports `eval_<name>_loss` for each.
+        eval_datasets: name → dataset; `evaluate()` reports for each `eval_<name>_loss` and, unless another
+            `compute_metrics` is given, the teacher-forced `eval_<name>_answer_token_accuracy` and
+            `eval_<name>_answer_exact_match` (see [`answer_metrics`]).
         peft_config: a `peft.LoraConfig` to train LoRA adapters on the (otherwise frozen) LLM; see [`add_lora`].
         kwargs: anything else `Trainer` takes (callbacks, `compute_metrics`, ...).
     """
@@ -219,6 +253,11 @@ class InstructBlipTrainer(Trainer):
                 decoder_only=model.config.use_decoder_only_language_model,
                 max_instruction_length=getattr(args, "max_instruction_length", 128),
                 max_answer_length=getattr(args, "max_answer_length", 256),
+            )
+        if kwargs.get("compute_metrics") is None:
+            kwargs["compute_metrics"] = answer_metrics
+            kwargs["preprocess_logits_for_metrics"] = functools.partial(
+                predicted_answer_tokens, decoder_only=model.config.use_decoder_only_language_model
             )
         super().__init__(
             model=model,
