@@ -6,7 +6,7 @@ vision LayerNorm and projection are instruction-tuned on five held-in "datasets"
 and held-out scores are printed before and after, and the tuned model is saved, reloaded with
 `AutoModelForImageTextToText` + `pipeline("image-text-to-text")` and asked about a fresh image.
 
-Real scale (see docs/TRAINING.md):
+Real scale (the full 13-dataset command is in the README):
 
     accelerate launch examples/run_instruct_tuning.py \
         --model_name_or_path Salesforce/instructblip-vicuna-7b \

@@ -222,21 +222,29 @@ def sft_trainer(tmp_path, model, processor, train_dataset, **config):
     return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor)
 
 
-def chat_dataset(n):
-    """TRL's conversational vision format: one image and one user/assistant exchange per row."""
-    def exchange(i):
-        user = [{"type": "image"}, {"type": "text", "text": f"colour {i}?"}]
-        return [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
+def chat_dataset(n, layout):
+    """TRL's conversational vision formats: one image and one user/assistant exchange per row, either as
+    `messages` or split into `prompt` and `completion`."""
+    def user(i):
+        return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"colour {i}?"}]}
 
-    return datasets.Dataset.from_dict({"images": [[tiny.image(i)] for i in range(n)],
-                                       "messages": [exchange(i) for i in range(n)]})
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "red"}]}
+    columns = {"images": [[tiny.image(i)] for i in range(n)]}
+    if layout == "messages":
+        columns["messages"] = [[user(i), answer] for i in range(n)]
+    else:
+        columns.update(prompt=[[user(i)] for i in range(n)], completion=[[answer]] * n)
+    return datasets.Dataset.from_dict(columns)
 
 
-def test_trl_sft_trainer_on_chat_messages_builds_the_lavis_layout_and_trains(tmp_path):
+@pytest.mark.parametrize("layout", ["messages", "prompt_completion"])
+def test_trl_sft_trainer_on_chat_data_builds_the_lavis_layout_and_trains(tmp_path, layout):
     model, processor = tiny.model("llama"), tiny.processor("llama")
     freeze_for_instruction_tuning(model)
     frozen = {name: p.detach().clone() for name, p in model.language_model.named_parameters()}
-    sft = sft_trainer(tmp_path, model, processor, chat_dataset(8), assistant_only_loss=True, logging_steps=1)
+    # Loss on the answer only: TRL's assistant-only loss for messages, its default completion-only loss otherwise.
+    config = {"assistant_only_loss": True} if layout == "messages" else {}
+    sft = sft_trainer(tmp_path, model, processor, chat_dataset(8, layout), logging_steps=1, **config)
 
     trl_batch = next(iter(sft.get_train_dataloader()))
     rows = [{"image": tiny.image(int(text.split()[1][:-1])), "text_input": text, "text_output": "red"}
