@@ -281,25 +281,28 @@ def test_trl_sft_trainer_takes_the_lavis_collator(tmp_path):
     assert not torch.equal(before, model.query_tokens)
 
 
-def test_lora_on_the_language_model_trains_adapters_and_merges_into_a_plain_checkpoint(tmp_path):
+@pytest.mark.parametrize("kind, targets", [("llama", ["q_proj", "v_proj"]), ("t5", ["q", "v"])])
+def test_lora_on_the_language_model_trains_adapters_and_merges_into_a_plain_checkpoint(tmp_path, kind, targets):
     from peft import LoraConfig
 
     from hf_instructblip import InstructBlipForConditionalGeneration
     from hf_instructblip.training.trainer import merge_lora
 
-    model = tiny.model("llama")
+    model = tiny.model(kind)
     base_lm = {name: p.detach().clone() for name, p in model.language_model.named_parameters()}
     run = InstructBlipTrainer(
-        model=model, args=arguments(tmp_path, max_steps=2), processing_class=tiny.processor("llama"),
+        model=model, args=arguments(tmp_path, max_steps=2), processing_class=tiny.processor(kind),
         train_datasets={"colour": dataset("colour", 8)},
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False),
     )
     names = trainable_names(run.model)
     assert any("lora_" in name for name in names) and all(
         "lora_" in name or name.startswith(PAPER_TRAINABLE_PREFIXES) for name in names
     )
     run.train()
-    batch = InstructBlipDataCollator(tiny.processor("llama"))([dataset("colour", 2)[i] for i in range(2)])
+    batch = InstructBlipDataCollator(tiny.processor(kind), decoder_only=kind == "llama")(
+        [dataset("colour", 2)[i] for i in range(2)]
+    )
     with torch.no_grad():
         expected = run.model.eval()(**batch).logits
     merge_lora(run.model)
