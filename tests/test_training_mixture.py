@@ -1,14 +1,12 @@
 """Mixture weights and the mixture sampler: exact weights, frequencies, determinism, distributed shares, resume."""
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 
 import datasets
 import numpy as np
 import pytest
+from launch import run_script
 
 from hf_instructblip.training.mixture import MixtureSampler, interleave_mixture, mixture_weights
 
@@ -93,12 +91,8 @@ def test_streaming_mixture_uses_the_same_weights():
 
 
 def test_two_ranks_get_disjoint_shares_of_the_single_process_stream(tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "scripts", "mixture_ranks.py")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.abspath("src"), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, str(tmp_path)]
-    subprocess.run(command, check=True, env=env, timeout=120)
-    single = [sys.executable, script, str(tmp_path)]
-    subprocess.run(single, check=True, env=env, timeout=120)
+    run_script("mixture_ranks.py", str(tmp_path), processes=2, timeout=120)
+    run_script("mixture_ranks.py", str(tmp_path), timeout=120)
     shares = [json.loads((tmp_path / f"rank{r}_of2.json").read_text()) for r in range(2)]
     stream = json.loads((tmp_path / "rank0_of1.json").read_text())
     assert not set(map(tuple, shares[0])) & set(map(tuple, shares[1]))  # batches hold distinct positions anyway

@@ -3,14 +3,13 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import datasets
+import numpy as np
 import pytest
 import tiny
-import numpy as np
 import torch
+from launch import run_script
 from safetensors.torch import load_file
 from transformers import EvalPrediction, TrainingArguments
 
@@ -216,13 +215,14 @@ def test_named_datasets_only(tmp_path):
                             processing_class=tiny.processor("llama"))
 
 
-def sft_trainer(tmp_path, model, processor, train_dataset, **config):
+def sft_trainer(tmp_path, model, processor, train_dataset, data_collator=None, **config):
     from trl import SFTConfig, SFTTrainer
 
     # bf16=False: TRL's default would leave autocast state behind for later tests on CPU.
     args = SFTConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
                      report_to=[], use_cpu=True, disable_tqdm=True, bf16=False, **config)
-    return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor)
+    return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor,
+                      data_collator=data_collator)
 
 
 def chat_dataset(n, layout):
@@ -271,14 +271,10 @@ def test_trl_sft_trainer_on_chat_data_builds_the_lavis_layout_and_trains(tmp_pat
 
 
 def test_trl_sft_trainer_takes_the_lavis_collator(tmp_path):
-    from trl import SFTConfig, SFTTrainer
-
     model, processor = tiny.model("llama"), tiny.processor("llama")
     freeze_for_instruction_tuning(model)
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
-                     report_to=[], use_cpu=True, remove_unused_columns=False, disable_tqdm=True, bf16=False)
-    sft = SFTTrainer(model=model, args=args, train_dataset=dataset("colour", 8), processing_class=processor,
-                     data_collator=InstructBlipDataCollator(processor))
+    sft = sft_trainer(tmp_path, model, processor, dataset("colour", 8), InstructBlipDataCollator(processor),
+                      remove_unused_columns=False)
     before = model.query_tokens.detach().clone()
     sft.train()
     assert not torch.equal(before, model.query_tokens)
@@ -363,11 +359,8 @@ def test_cached_vision_features_give_the_same_training(tmp_path):
 def test_ddp_on_two_processes_trains_like_one_process_on_the_whole_batch(tmp_path):
     """2 gloo ranks × 4 examples must reach the weights one process reaches with the same 8 examples per step:
     the ranks share one mixture stream and the loss is normalised by the tokens of all ranks."""
-    script = os.path.join(os.path.dirname(__file__), "scripts", "ddp_training.py")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.abspath("src"), os.environ.get("PYTHONPATH")]))}
-    distributed = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script]
-    subprocess.run([*distributed, str(tmp_path), "4"], check=True, env=env, timeout=180)
-    subprocess.run([sys.executable, script, str(tmp_path), "8"], check=True, env=env, timeout=180)
+    run_script("ddp_training.py", str(tmp_path), "4", processes=2)
+    run_script("ddp_training.py", str(tmp_path), "8")
     ranks = [load_file(tmp_path / f"rank{r}_of2.safetensors") for r in range(2)]
     single = load_file(tmp_path / "rank0_of1.safetensors")
     initial = dict(tiny.model("llama").named_parameters())

@@ -27,9 +27,8 @@ IMAGE_TOKEN = "<image>"
 
 # InstructBLIP has no chat format: the prompt is the instruction itself. The template joins the text parts of the
 # conversation behind the LLM's bos (then a space, so the first word keeps its word-start piece as when the tokenizer
-# adds bos itself); images are passed to the processor separately and
-# become placeholders in front of the text. An assistant turn (training data) ends with eos, the target LAVIS trains
-# on, and is marked for assistant-only loss.
+# adds bos itself); images are passed to the processor separately and become placeholders in front of the text. An
+# assistant turn (training data) ends with eos, the target LAVIS trains on, and is marked for assistant-only loss.
 CHAT_TEMPLATE = (
     "{%- macro text(message) -%}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
@@ -192,7 +191,7 @@ class InstructBlipProcessor(ProcessorMixin):
                     f"Got {len(encoding['pixel_values'])} {kind} but {len(text)} texts: pass one instruction per "
                     f"{kind[:-1]}."
                 )
-            qformer_text = self._as_texts(text if qformer_text is None else qformer_text, "qformer_text")
+            qformer_text = text if qformer_text is None else self._as_texts(qformer_text, "qformer_text")
             qformer_text = [self._without_llm_special_tokens(t) for t in qformer_text]
             if len(qformer_text) != len(text):
                 raise ValueError(f"Got {len(text)} texts but {len(qformer_text)} qformer_text: pass one of each.")
