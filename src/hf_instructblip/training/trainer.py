@@ -24,12 +24,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
+from ..evaluation.metrics import answer_metrics
 from .collator import IGNORE_INDEX, InstructBlipDataCollator
 from .mixture import ConcatenatedDatasets, MixtureSampler
 
@@ -219,22 +219,6 @@ def predicted_answer_tokens(logits: torch.Tensor, labels: torch.Tensor, decoder_
     aligned = torch.full_like(labels, IGNORE_INDEX)
     aligned[:, 1:] = predicted[:, :-1]
     return aligned
-
-
-def answer_metrics(eval_prediction) -> dict[str, float]:
-    """Teacher-forced answer metrics over the loss positions (answer tokens and `</s>`).
-
-    `answer_token_accuracy`: the share of those tokens predicted right. `answer_exact_match`: the share of examples
-    with all of them right, i.e. whose answer greedy decoding would reproduce exactly.
-    """
-    predictions, labels = np.asarray(eval_prediction.predictions), np.asarray(eval_prediction.label_ids)
-    scored = labels != IGNORE_INDEX
-    right = (predictions == labels) & scored
-    has_answer = scored.any(axis=1)
-    return {
-        "answer_token_accuracy": float(right.sum() / max(scored.sum(), 1)),
-        "answer_exact_match": float((right.sum(axis=1) == scored.sum(axis=1))[has_answer].mean()),
-    }
 
 
 class MixtureCheckpointCallback(TrainerCallback, ExportableState):
