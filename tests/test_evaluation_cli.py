@@ -75,7 +75,7 @@ def standins(root: Path) -> tuple[list[str], list[str]]:
         # facebook Hateful Memes (img paths; the second image is missing on disk)
         "hatefulmemes": {"id": [42953, 23058, 13894], "img": ["img_0.png", "img/missing.png", "img_2.png"],
                          "text": ["its their character", "don't be afraid", "putting bows on your pet"],
-                         "label": [0, 1, 0]},
+                         "label": [1, 1, 0]},
         # lmms-lab/VizWiz-VQA
         "vizwiz": {"image": image[:2], "question": ["what is this?", "what colour?"],
                    "answers": [["unanswerable"] * 6 + ["bottle"] * 4, ["blue"] * 10],
@@ -210,6 +210,10 @@ def test_bad_arguments_name_the_problem(setup, tmp_path):
         run(setup, tmp_path / "a", gqa, "--columns", "gqa.question=query")
     with pytest.raises(ValueError, match="unknown option 'beams'"):
         run(setup, tmp_path / "b", gqa, "--task_options", "gqa.beams=1")
+    hatefulmemes = [t for t in setup[2] if t.startswith("hatefulmemes=")]
+    (summary,) = run(setup, tmp_path / "auc", hatefulmemes, "--limit", "1")  # one class: the AUC is undefined
+    assert summary["score"] is None and "needs positive and negative" in summary["metric_error"]
+    assert "- hatefulmemes: no score, labels are all 1" in (tmp_path / "auc" / "results.md").read_text()
     run(setup, tmp_path / "c", gqa, "--limit", "1")
     with pytest.raises(ValueError, match="other settings or another model"):
         run(setup, tmp_path / "c", gqa, "--task_options", "gqa.template=Q: {question} A:")

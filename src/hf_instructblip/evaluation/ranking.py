@@ -5,7 +5,7 @@ model instead of generating (§3, "vocabulary ranking"). LAVIS does it by runnin
 (its Vicuna path repeats the image, the Q-Former and the prompt for every candidate; its T5 path reuses the
 encoder). Here the shared prefix runs once per example:
 
-- image or video → vision tower → Q-Former → projection → prompt: once per example (a batch of examples at a time);
+- image or video → vision tower → Q-Former → projection → prompt: once per example (batches of examples);
 - decoder-only LLM: the prompt's key/value cache is kept and copied to every candidate row, so a candidate pass
   reads only the candidate's own tokens; the first candidate token is scored by the prompt pass's last logits;
 - encoder-decoder LLM: the encoder output is kept and every candidate runs only through the decoder;

@@ -44,7 +44,8 @@ def evaluate_task(
     """Predict and score `task` on `dataset` (a `datasets.Dataset` or any sequence of row dicts).
 
     Returns the summary: `{"task", "metric", "score", "paper_model", "paper", "difference", "examples", "scored",
-    "skipped": {reason: count}}`; scores are ×100 as in the paper's table, None when nothing could be scored.
+    "skipped": {reason: count}}`; scores are ×100 as in the paper's table. Where the metric is undefined (nothing
+    scored, a single class for the AUC) the score is None and `"metric_error"` says why.
     """
     check_columns(task, dataset)
     total = len(dataset) if limit is None else min(limit, len(dataset))
@@ -216,11 +217,13 @@ def metric_arguments(metric: str, records: list[dict]) -> tuple:
 
 def summarize(task: EvalTask, records: list[dict], paper_model: str | None) -> dict:
     scored = [record for record in records if "skipped" not in record]
-    score = None
-    if scored:
+    score, error = None, None
+    try:
         score = 100 * float(getattr(metrics, task.metric)(*metric_arguments(task.metric, scored)))
+    except ValueError as undefined:  # e.g. no scored example, or one class only for the AUC: report, keep the rest
+        error = str(undefined)
     paper = task.paper.get(paper_model) if paper_model else None
-    return {
+    summary = {
         "task": task.name,
         "metric": task.metric,
         "score": score,
@@ -231,6 +234,7 @@ def summarize(task: EvalTask, records: list[dict], paper_model: str | None) -> d
         "scored": len(scored),
         "skipped": dict(sorted(Counter(record["skipped"] for record in records if "skipped" in record).items())),
     }
+    return {**summary, "metric_error": error} if error else summary
 
 
 def markdown_table(summaries: list[dict]) -> str:
@@ -247,7 +251,8 @@ def markdown_table(summaries: list[dict]) -> str:
             f"| {s['task']} | {s['metric']} | {_number(s['score'])} | {_number(s['paper'])} | "
             f"{_number(s['difference'], signed=True)} | {s['scored']} / {s['examples']} | {skipped} |"
         )
-    return "\n".join(lines) + "\n"
+    undefined = [f"- {s['task']}: no score, {s['metric_error']}" for s in summaries if s.get("metric_error")]
+    return "\n".join(lines + ([""] + undefined if undefined else [])) + "\n"
 
 
 def _number(value: float | None, signed: bool = False) -> str:

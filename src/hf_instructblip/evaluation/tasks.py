@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 
-# --- Table 1 of the paper (zero-shot, held-out; ×100 as printed) ------------------------------------------------------
+# --- Table 1 of the paper (zero-shot, held-out; ×100 as printed) -----------------------------------------------------
 
 TABLE_1_TASKS = ("nocaps", "flickr30k", "gqa", "vsr", "iconqa", "textvqa", "visdial", "hatefulmemes", "vizwiz",
                  "scienceqa", "msvd_qa", "msrvtt_qa", "ivqa")
@@ -166,7 +166,10 @@ class EvalTask:
                 raise ValueError(f"Task {self.name}: unknown option {key!r}; options: {editable} and decoding.FIELD "
                                  "(columns are changed with --columns).")
             value = _parse_like(getattr(owner, name), text, f"{self.name}.{key}")
-            task = replace(task, decoding=replace(owner, **{name: value})) if owner_name else replace(task, **{name: value})
+            if owner_name:
+                task = replace(task, decoding=replace(owner, **{name: value}))
+            else:
+                task = replace(task, **{name: value})
         return task
 
     # --- row → instruction ---------------------------------------------------------------------------------------
@@ -266,81 +269,80 @@ def _logsumexp(values: Sequence[float]) -> float:
 
 # --- the registry ---------------------------------------------------------------------------------------------------
 
-SHORT_ANSWER_TEMPLATE = "Question: {question} Short answer:"
+SHORT_ANSWER_TEMPLATE = "Question: {question} Short answer:"  # Appendix E
+LAVIS_SHORT_ANSWER_TEMPLATE = "Question: {question} Short Answer:"  # LAVIS's qa_okvqa / qa_msvd eval yamls
 CAPTION_TEMPLATE = "A short image caption."
 
 
-def _task(name: str, **kwargs) -> EvalTask:
-    return EvalTask(name=name, paper=table_1(name) if name in TABLE_1_TASKS else {}, **kwargs)
+def generated(name: str, template: str, metric: str, columns: dict, **kwargs) -> EvalTask:
+    return EvalTask(name=name, template=template, method="generate", metric=metric, columns=columns,
+                    paper=table_1(name) if name in TABLE_1_TASKS else {}, **kwargs)
 
+
+def ranked(name: str, template: str, metric: str, candidates: str, columns: dict, **kwargs) -> EvalTask:
+    return EvalTask(name=name, template=template, method="rank", metric=metric, candidates=candidates,
+                    columns=columns, paper=table_1(name), **kwargs)
+
+
+IMAGE_QA = {"image": "image", "question": "question", "references": "answers"}
+VIDEO_QA = {"video": "video", "question": "question", "references": "answer"}
+MULTIPLE_CHOICE = {"image": "image", "question": "question", "choices": "choices", "answer": "answer"}
 
 TASKS: dict[str, EvalTask] = {
     task.name: task
     for task in (
         # Captioning. The paper's Appendix E prompt is "A short image description:"; LAVIS's eval yamls use
         # "A short image caption.", which reproduces Table 1 (Flickr30K 83.1 vs 60.9 with the other, LAVIS#719).
-        _task("nocaps", split="validation", template=CAPTION_TEMPLATE, method="generate", metric="cider_d", decoding=CAPTION,
-              columns={"image": "image", "references": "annotations_captions"},
-              source="LAVIS caption_nocaps_*_eval.yaml (prompt, decoding); CIDEr-D"),
-        _task("flickr30k", template=CAPTION_TEMPLATE, method="generate", metric="cider_d", decoding=CAPTION,
-              columns={"image": "image", "references": "caption"},
-              source="LAVIS caption yamls (prompt, decoding); CIDEr-D on the 1K test images"),
+        generated("nocaps", CAPTION_TEMPLATE, "cider_d", {"image": "image", "references": "annotations_captions"},
+                  decoding=CAPTION, split="validation",
+                  source="LAVIS caption_nocaps_*_eval.yaml prompt and decoding; CIDEr-D"),
+        generated("flickr30k", CAPTION_TEMPLATE, "cider_d", {"image": "image", "references": "caption"},
+                  decoding=CAPTION, source="LAVIS caption yamls' prompt and decoding; CIDEr-D on the 1K test images"),
         # Visual reasoning.
-        _task("gqa", split="testdev", template=SHORT_ANSWER_TEMPLATE, method="generate", metric="exact_match",
-              columns={"image": "image", "question": "question", "references": "answer"},
-              source="Appendix E template; LAVIS predict_answers decoding; GQATask exact match after VQA normalisation"),
-        _task("vsr", template='Based on the image, is this statement true or false? "{text}" Answer:', method="rank",
-              metric="multiple_choice_accuracy", candidates="verbalizers",
-              columns={"image": "image", "text": "caption", "label": "label"},
-              source="Appendix E template; ranked with the paper's verbalizers yes/true vs no/false"),
-        _task("iconqa", template="Question: {question} Options: {options}. Short answer:", method="rank",
-              metric="multiple_choice_accuracy", candidates="choices",
-              columns={"image": "image", "question": "question", "choices": "choices", "answer": "answer"},
-              source="Appendix E template, options '(a) x (b) y' as LAVIS formats choices; ranked over the choices"),
+        generated("gqa", SHORT_ANSWER_TEMPLATE, "exact_match", {**IMAGE_QA, "references": "answer"}, split="testdev",
+                  source="Appendix E template; LAVIS predict_answers decoding; exact match after VQA normalisation "
+                         "(LAVIS GQATask)"),
+        ranked("vsr", 'Based on the image, is this statement true or false? "{text}" Answer:',
+               "multiple_choice_accuracy", "verbalizers", {"image": "image", "text": "caption", "label": "label"},
+               source="Appendix E template; ranked with the paper's verbalizers yes/true vs no/false"),
+        ranked("iconqa", "Question: {question} Options: {options}. Short answer:", "multiple_choice_accuracy",
+               "choices", MULTIPLE_CHOICE,
+               source="Appendix E template, options '(a) x (b) y' as LAVIS formats choices; ranked over the choices"),
         # Reading comprehension: LAVIS's first 30 OCR tokens, joined by ", ".
-        _task("textvqa", split="validation", template="OCR tokens: {ocr_tokens}. Question: {question} Short answer:", method="generate",
-              metric="vqa_accuracy",
-              columns={"image": "image", "question": "question", "references": "answers", "ocr_tokens": "ocr_tokens"},
-              source="Appendix E template; LAVIS: first 30 OCR tokens, predict_answers decoding; VQA accuracy"),
-        # Dialog: ranked over the 100 candidate answers, MRR of the gold one.
-        _task("visdial", split="validation", template="Dialog history: {history}\nQuestion: {question} Short answer:", method="rank",
-              metric="mean_reciprocal_rank", candidates="choices",
-              columns={"image": "image", "caption": "caption", "history": "history", "question": "question",
-                       "choices": "options", "answer": "answer"},
-              source="Appendix E template shape and LAVIS _predict_class's 'dialog history' prefix; history choice ours"),
-        _task("hatefulmemes", split="validation", template='This is an image with: "{text}" written on it. Is it hateful? Answer:',
-              method="rank", metric="roc_auc", candidates="verbalizers",
-              columns={"image": "img", "text": "text", "label": "label"},
-              source="Appendix E template; verbalizers yes/true (hateful) vs no/false; AUC of P(hateful)"),
-        _task("vizwiz", split="validation", template=SHORT_ANSWER_TEMPLATE, method="generate", metric="vqa_accuracy",
-              columns={"image": "image", "question": "question", "references": "answers"},
-              source="Appendix E template; LAVIS predict_answers decoding; VQA accuracy ('unanswerable' is an answer)"),
-        # ScienceQA (image subset): the author's template (LAVIS#326), ranked over the options. "Context" is the
-        # question's hint, as in ScienceQA's own prompt format (its lecture is optional: context_columns).
-        _task("scienceqa", template="Context: {context} Question: {question} Options: {options}. Answer:",
-              method="rank", metric="multiple_choice_accuracy", candidates="choices", context_columns=("hint",),
-              columns={"image": "image", "question": "question", "choices": "choices", "answer": "answer"},
-              source="template and ranking from the authors (LAVIS#326); Context = hint (ScienceQA's convention)"),
+        generated("textvqa", "OCR tokens: {ocr_tokens}. Question: {question} Short answer:", "vqa_accuracy",
+                  {**IMAGE_QA, "ocr_tokens": "ocr_tokens"}, split="validation",
+                  source="Appendix E template; LAVIS: first 30 OCR tokens, predict_answers decoding; VQA accuracy"),
+        # Dialog: ranked over the round's candidate answers (100 in VisDial), MRR of the right one.
+        ranked("visdial", "Dialog history: {history}\nQuestion: {question} Short answer:", "mean_reciprocal_rank",
+               "choices", {"image": "image", "caption": "caption", "history": "history", "question": "question",
+                           "choices": "options", "answer": "answer"}, split="validation",
+               source="Appendix E template shape, LAVIS _predict_class's dialog-history prefix; history format ours"),
+        ranked("hatefulmemes", 'This is an image with: "{text}" written on it. Is it hateful? Answer:', "roc_auc",
+               "verbalizers", {"image": "img", "text": "text", "label": "label"}, split="validation",
+               source="Appendix E template; verbalizers yes/true (hateful) vs no/false; AUC of P(hateful)"),
+        generated("vizwiz", SHORT_ANSWER_TEMPLATE, "vqa_accuracy", IMAGE_QA, split="validation",
+                  source="Appendix E template; LAVIS predict_answers decoding; VQA accuracy ('unanswerable' is an "
+                         "answer); validation because test-dev answers are hidden"),
+        # ScienceQA (image subset): the authors' template (LAVIS#326), ranked over the options. "Context" is the
+        # question's hint, as in ScienceQA's own prompt format (its lecture can be added: context_columns).
+        ranked("scienceqa", "Context: {context} Question: {question} Options: {options}. Answer:",
+               "multiple_choice_accuracy", "choices", MULTIPLE_CHOICE, context_columns=("hint",),
+               source="template and ranking from the authors (LAVIS#326); Context = hint (ScienceQA's convention)"),
         # Video QA: 4 uniform frames; MSVD/MSRVTT ranked over the answer vocabulary, iVQA generated.
-        _task("msvd_qa", template=SHORT_ANSWER_TEMPLATE, method="rank", metric="exact_match", video=True,
-              candidates="answer_vocabulary", columns={"video": "video", "question": "question", "references": "answer"},
-              source="Appendix E template (LAVIS#333); ranked over the split's answers (paper §3); 4 frames"),
-        _task("msrvtt_qa", template=SHORT_ANSWER_TEMPLATE, method="rank", metric="exact_match", video=True,
-              candidates="answer_vocabulary", columns={"video": "video", "question": "question", "references": "answer"},
-              source="Appendix E template (LAVIS#333); ranked over the split's answers (paper §3); 4 frames"),
-        _task("ivqa", template=SHORT_ANSWER_TEMPLATE, method="generate", metric="ivqa_accuracy", video=True,
-              columns={"video": "video", "question": "question", "references": "answers"},
-              source="Appendix E template; predict_answers decoding; iVQA accuracy over its 5 answers; 4 frames"),
+        ranked("msvd_qa", SHORT_ANSWER_TEMPLATE, "exact_match", "answer_vocabulary", VIDEO_QA, video=True,
+               source="Appendix E template (LAVIS#333); ranked over the split's answers (paper §3); 4 frames"),
+        ranked("msrvtt_qa", SHORT_ANSWER_TEMPLATE, "exact_match", "answer_vocabulary", VIDEO_QA, video=True,
+               source="Appendix E template (LAVIS#333); ranked over the split's answers (paper §3); 4 frames"),
+        generated("ivqa", SHORT_ANSWER_TEMPLATE, "ivqa_accuracy", {**VIDEO_QA, "references": "answers"}, video=True,
+                  source="Appendix E template; predict_answers decoding; iVQA accuracy over its 5 answers; 4 frames"),
         # Held-in, for checking a fine-tune.
-        _task("vqav2", split="validation", template=SHORT_ANSWER_TEMPLATE, method="generate", metric="vqa_accuracy", held_in=True,
-              columns={"image": "image", "question": "question", "references": "answers"},
-              source="LAVIS qa_okvqa_eval.yaml prompt and decoding; VQA accuracy"),
-        _task("okvqa", split="validation", template=SHORT_ANSWER_TEMPLATE, method="generate", metric="vqa_accuracy", held_in=True,
-              columns={"image": "image", "question": "question", "references": "answers"},
-              source="LAVIS qa_okvqa_eval.yaml prompt and decoding; VQA accuracy"),
-        _task("coco_caption", template=CAPTION_TEMPLATE, method="generate", metric="cider_d", decoding=CAPTION,
-              held_in=True, columns={"image": "image", "references": "captions"},
-              source="LAVIS caption_coco_*_eval.yaml prompt and decoding; CIDEr-D (Karpathy test)"),
+        generated("vqav2", LAVIS_SHORT_ANSWER_TEMPLATE, "vqa_accuracy", IMAGE_QA, held_in=True, split="validation",
+                  source="LAVIS qa_okvqa_eval.yaml prompt and decoding; VQA accuracy"),
+        generated("okvqa", LAVIS_SHORT_ANSWER_TEMPLATE, "vqa_accuracy", IMAGE_QA, held_in=True, split="validation",
+                  source="LAVIS qa_okvqa_eval.yaml prompt and decoding; VQA accuracy"),
+        generated("coco_caption", CAPTION_TEMPLATE, "cider_d", {"image": "image", "references": "captions"},
+                  decoding=CAPTION, held_in=True,
+                  source="LAVIS caption_coco_*_eval.yaml prompt and decoding; CIDEr-D (Karpathy test)"),
     )
 }
 HELD_OUT_TASKS = TABLE_1_TASKS
