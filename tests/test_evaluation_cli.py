@@ -215,5 +215,5 @@ def test_bad_arguments_name_the_problem(setup, tmp_path):
     assert summary["score"] is None and "needs positive and negative" in summary["metric_error"]
     assert "- hatefulmemes: no score, labels are all 1" in (tmp_path / "auc" / "results.md").read_text()
     run(setup, tmp_path / "c", gqa, "--limit", "1")
-    with pytest.raises(ValueError, match="other settings or another model"):
+    with pytest.raises(ValueError, match="other settings, model or dataset"):
         run(setup, tmp_path / "c", gqa, "--task_options", "gqa.template=Q: {question} A:")

@@ -52,7 +52,7 @@ def evaluate_task(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / f"{task.name}.predictions.jsonl"
-    check_settings(output_dir / f"{task.name}.settings.json", task, model)
+    check_settings(output_dir / f"{task.name}.settings.json", task, model, dataset)
     records = read_records(path)
     vocabulary = answer_vocabulary(task, dataset) if task.candidates == "answer_vocabulary" else []
 
@@ -88,15 +88,17 @@ def check_columns(task: EvalTask, dataset) -> None:
         )
 
 
-def check_settings(path: Path, task: EvalTask, model) -> None:
-    """Predictions already in `path`'s folder may only be continued by the same task settings and model."""
+def check_settings(path: Path, task: EvalTask, model, dataset) -> None:
+    """Predictions already in `path`'s folder may only be continued by the same task settings, model and dataset
+    size."""
     settings = {"task": json.loads(json.dumps(asdict(task), default=str)),
-                "model": getattr(model.config, "_name_or_path", "") or type(model).__name__}
+                "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+                "dataset_examples": len(dataset)}
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous != settings:
             raise ValueError(
-                f"{path.parent} holds predictions of {task.name} made with other settings or another model "
+                f"{path.parent} holds predictions of {task.name} made with other settings, model or dataset "
                 f"({path.name} differs); use another --output_dir, or delete {task.name}.* there to start over."
             )
         return
@@ -163,6 +165,11 @@ def load_visual(task: EvalTask, row: Mapping, image_root: str | None):
         value = os.path.join(image_root, value)
     if isinstance(value, str) and not os.path.exists(value) and "://" not in value:
         raise Unscorable(f"missing {'video' if task.video else 'image'}")
+    if task.video and not isinstance(value, (str, bytes, bytearray, os.PathLike)):
+        raise ValueError(
+            f"Task {task.name}: column {task.visual_column!r} holds {type(value).__name__}; give video paths or bytes "
+            "(for a datasets Video column: dataset.cast_column(column, datasets.Video(decode=False)))."
+        )
     try:
         return sample_frames(value, task.num_frames) if task.video else to_rgb(value)
     except ValueError:
