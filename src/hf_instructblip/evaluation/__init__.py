@@ -8,11 +8,13 @@ Its own room: it imports the model files, never the reverse. The metrics are pur
 from .generation import generate_answers
 from .metrics import (
     answer_metrics,
+    cider_d,
     exact_match,
     ivqa_accuracy,
     mean_reciprocal_rank,
     multiple_choice_accuracy,
     normalize_answer,
+    ptb_tokenize,
     roc_auc,
     vqa_accuracy,
 )
@@ -23,12 +25,14 @@ __all__ = [
     "TASKS",
     "EvalTask",
     "answer_metrics",
+    "cider_d",
     "exact_match",
     "generate_answers",
     "ivqa_accuracy",
     "mean_reciprocal_rank",
     "multiple_choice_accuracy",
     "normalize_answer",
+    "ptb_tokenize",
     "roc_auc",
     "score_candidates",
     "vqa_accuracy",
