@@ -11,6 +11,7 @@ CLI's `--task_option scienceqa.context_columns=hint,lecture`.
 """
 
 import math
+from string import Formatter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -178,20 +179,21 @@ class EvalTask:
         return self.template.format(**self.instruction_fields(row))
 
     def instruction_fields(self, row: Mapping) -> dict[str, str]:
-        fields = {}
-        for role in ("question", "text"):
-            if role in self.columns:
-                fields[role] = str(row[self.columns[role]]).strip()
-        if "ocr_tokens" in self.columns:
-            fields["ocr_tokens"] = ", ".join(list(row[self.columns["ocr_tokens"]] or [])[: self.ocr_tokens])
-        if "choices" in self.columns:
-            fields["options"] = " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(self.choices(row)))
-        if self.context_columns:
+        """The values of the fields the template names, read from the row."""
+        builders = {
+            "question": lambda: str(row[self.columns["question"]]).strip(),
+            "text": lambda: str(row[self.columns["text"]]).strip(),
+            "ocr_tokens": lambda: ", ".join(list(row[self.columns["ocr_tokens"]] or [])[: self.ocr_tokens]),
+            "options": lambda: " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(self.choices(row))),
             # Blank context reads "N/A", as ScienceQA's own prompts write it.
-            fields["context"] = " ".join(str(row[c]).strip() for c in self.context_columns if row.get(c)) or "N/A"
-        if "{history}" in self.template:
-            fields["history"] = self.dialog_history(row)
-        return fields
+            "context": lambda: " ".join(str(row[c]).strip() for c in self.context_columns if row.get(c)) or "N/A",
+            "history": lambda: self.dialog_history(row),
+        }
+        names = {name for _, name, _, _ in Formatter().parse(self.template) if name is not None}
+        if names - set(builders):
+            raise ValueError(f"Task {self.name}: the template names {sorted(names - set(builders))}; it may use "
+                             f"{sorted(builders)}.")
+        return {name: builders[name]() for name in names}
 
     def dialog_history(self, row: Mapping) -> str:
         parts = []
