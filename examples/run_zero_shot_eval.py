@@ -1,7 +1,7 @@
 """Zero-shot evaluation with the paper's protocol: our scores beside Table 1's.
 
     python examples/run_zero_shot_eval.py --model Salesforce/instructblip-vicuna-7b \
-        --tasks gqa=lmms-lab/GQA-testdev-images textvqa=lmms-lab/textvqa scienceqa=derek-thomas/ScienceQA \
+        --tasks gqa=/data/gqa_testdev textvqa=lmms-lab/textvqa scienceqa=/data/scienceqa_img.parquet \
         --output_dir eval-vicuna7b [--limit 500] [--batch_size 16]
 
 `--tasks` takes `task=source`: a Hub dataset id (its `--splits` split, by default the one the paper reports), a
@@ -14,6 +14,7 @@ Writes into `--output_dir`: `<task>.predictions.jsonl` (one record per example, 
 same command again to continue an interrupted run), `metrics.json` and `results.md` (the table, also printed).
 """
 
+import argparse
 import json
 import logging
 import os
@@ -96,7 +97,8 @@ def write_atomically(path: str, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(EvalArguments, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    (args,) = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     tasks = configured_tasks(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
