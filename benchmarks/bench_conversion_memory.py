@@ -56,7 +56,7 @@ def main() -> None:
     )
     inputs = json.loads((workdir / "inputs.json").read_text())
     output = workdir / "converted"
-    convert = [sys.executable, "conversion/convert_lavis_to_hf.py", *[item for pair in inputs.items() for item in pair]]
+    convert = [sys.executable, "-m", "hf_instructblip.conversion", *[item for pair in inputs.items() for item in pair]]
     convert += ["--variant", "vicuna7b", "--dtype", args.dtype, "--max-shard-size", f"{args.max_shard_gb}GB"]
     convert += ["--output", str(output)]
     _, import_rss = run_measured([sys.executable, "-c", "import hf_instructblip.conversion"])

@@ -99,6 +99,23 @@ def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
+# A saved tokenizer holds at least one of these (fast tokenizers: tokenizer.json; slow ones: their vocabulary).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.txt", "vocab.json")
+
+
+def _check_tokenizer_files(directory: Path, name: str) -> None:
+    if not any((directory / file).is_file() for file in TOKENIZER_FILES):
+        raise OSError(
+            f"The {name} is missing: {directory} holds none of {list(TOKENIZER_FILES)}. Save the processor with "
+            "save_pretrained; no other tokenizer is substituted."
+        )
+    for path in directory.glob("*.json"):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise OSError(f"{path} ({name}) is corrupt: {error}.") from error
+
+
 class InstructBlipProcessor(ProcessorMixin):
     r"""Builds InstructBLIP inputs from images (or videos) and instructions.
 
@@ -284,6 +301,19 @@ class InstructBlipProcessor(ProcessorMixin):
             ]
             kwargs["processor_kwargs"] = {**(kwargs.get("processor_kwargs") or {}), "qformer_text": instructions}
         return super().apply_chat_template(conversation, chat_template, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`ProcessorMixin.from_pretrained`, refusing a local folder whose tokenizer files are missing or corrupt.
+
+        transformers would otherwise fall back to another tokenizer: the LLM's in place of a missing Q-Former
+        tokenizer, or a default one, and the model would read wrong ids without an error.
+        """
+        folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        if folder.is_dir():
+            for name, directory in (("LLM tokenizer", folder), ("Q-Former tokenizer", folder / "qformer_tokenizer")):
+                _check_tokenizer_files(directory, name)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(self, save_directory, **kwargs):
         """Save like any processor, minus the `processor_class` name.
