@@ -21,21 +21,27 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .collator import IGNORE_INDEX, InstructBlipDataCollator
 from .mixture import ConcatenatedDatasets, MixtureSampler
+from .recipes import as_training_dataset
 
 logger = logging.getLogger(__name__)
 
 MIXTURE_STATE_FILE = "mixture_sampler.json"
+# Checkpoints are written under this folder of `output_dir`, then renamed into place (see `_save_checkpoint`).
+CHECKPOINT_STAGING_DIR = ".checkpoint-in-progress"
 # The raw columns the collator reads; `Trainer` would otherwise drop them as unknown to `model.forward`.
 RAW_COLUMNS = ["image", "text_input", "text_output"]
 
@@ -225,6 +231,8 @@ class InstructBlipTrainer(Trainer):
     ):
         if "train_dataset" in kwargs or "eval_dataset" in kwargs:
             raise ValueError("Pass named datasets as train_datasets={name: ds} and eval_datasets={name: ds}.")
+        train_datasets = {name: as_training_dataset(ds, name) for name, ds in (train_datasets or {}).items()}
+        eval_datasets = {name: as_training_dataset(ds, name) for name, ds in (eval_datasets or {}).items()}
         args = args if args is not None else InstructBlipTrainingArguments(output_dir="instructblip-tuned")
         self.frozen_modules = freeze_for_instruction_tuning(model, **_freeze_flags(args))
         self.vision_cache = None
@@ -308,11 +316,45 @@ class InstructBlipTrainer(Trainer):
     # --- checkpoints and model card ----------------------------------------------------------------------------------
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.mixture_sampler is not None and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            with open(os.path.join(folder, MIXTURE_STATE_FILE), "w") as f:
-                json.dump(self.mixture_sampler.state_dict(), f, indent=2)
+        """`Trainer`'s checkpoint, written into a staging folder and renamed to `checkpoint-<step>` only once
+        complete, so that `resume_from_checkpoint=True` never picks a half-written one (full disk, killed job). A
+        failed write removes the staging folder and says which checkpoint failed; earlier ones are untouched."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root, final = os.path.join(run_dir, CHECKPOINT_STAGING_DIR), os.path.join(run_dir, name)
+        staged = os.path.join(staging_root, name)
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)  # left by a killed run
+        self.accelerator.wait_for_everyone()
+        self._checkpoint_staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+            if self.mixture_sampler is not None and self.args.should_save:
+                with open(os.path.join(staged, MIXTURE_STATE_FILE), "w") as f:
+                    json.dump(self.mixture_sampler.state_dict(), f, indent=2)
+        except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
+            shutil.rmtree(staging_root, ignore_errors=True)
+            raise OSError(
+                getattr(error, "errno", None),
+                f"Could not save checkpoint {final}: {getattr(error, 'strerror', None) or error}. Checkpoints saved "
+                f"before it in {run_dir} are complete; free space (or lower save_total_limit) and resume.",
+            ) from error
+        finally:
+            self._checkpoint_staging_root = None
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            shutil.rmtree(final, ignore_errors=True)  # the same step saved again
+            os.rename(staged, final)
+            os.rmdir(staging_root)
+            if self.state.best_model_checkpoint == staged:
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(final, TRAINER_STATE_NAME))
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial):
+        # While a checkpoint is saved, `Trainer` writes it under the staging folder (see `_save_checkpoint`).
+        return getattr(self, "_checkpoint_staging_root", None) or super()._get_output_dir(trial)
 
     def _load_rng_state(self, checkpoint):
         # Called on every resume: the replayed data stream is only the same if the mixture is.
