@@ -65,8 +65,10 @@ def main() -> None:
     # The library alternative to the converter's streaming writer: safetensors' save_file needs a whole shard in
     # memory. Measured alone on the largest output shard (a conversion would hold vision + Q-Former besides).
     shard = max(output.glob("*.safetensors"), key=lambda path: path.stat().st_size)
-    library_script = "import sys; from safetensors.torch import load_file, save_file; save_file(load_file(sys.argv[1]), sys.argv[2])"
-    library_seconds, library_rss = run_measured([sys.executable, "-c", library_script, str(shard), str(workdir / "copy")])
+    library = (
+        "import sys; from safetensors.torch import load_file, save_file; save_file(load_file(sys.argv[1]), sys.argv[2])"
+    )
+    _, library_rss = run_measured([sys.executable, "-c", library, str(shard), str(workdir / "copy")])
 
     vision_gib = size_gib(Path(inputs["--vit-checkpoint"]))
     trimmed_gib = size_gib(Path(inputs["--lavis-checkpoint"]))

@@ -431,7 +431,7 @@ def test_missing_key_is_an_error(inputs, tmp_path):
     checkpoint = save_modified(inputs, tmp_path / "c.pth", lambda weights: weights.pop(key))
     with pytest.raises(
         ConversionError,
-        match=r"missing \(1\):\n  qformer.encoder.layer.1.output_query.dense.bias \(LAVIS: Qformer.bert.encoder.layer.1",
+        match=r"missing \(1\):\n  qformer.encoder.layer.1.output_query.dense.bias \(LAVIS: Qformer.bert.encoder",
     ):
         convert(inputs, tmp_path / "out", lavis_checkpoint=checkpoint)
     assert not (tmp_path / "out").exists()
@@ -596,7 +596,7 @@ def index_lists_another_tensor(inputs, tmp_path):
     key = next(iter(index["weight_map"]))
     index["weight_map"][key + ".renamed"] = index["weight_map"].pop(key)
     (llm / "model.safetensors.index.json").write_text(json.dumps(index))
-    return {"llm": str(llm)}, rf"does not hold what model.safetensors.index.json lists for it: missing \['{key}.renamed'\]"
+    return {"llm": str(llm)}, rf"does not hold what model.safetensors.index.json lists for it: missing \['{key}.renamed"
 
 
 def truncate_lavis_checkpoint(inputs, tmp_path):
@@ -648,7 +648,8 @@ def test_existing_output_is_refused_unless_overwrite_which_replaces_it_whole(inp
     # The stale single file would win over the new shards when loading; it is gone with the old folder.
     assert not (output / "model.safetensors").exists() and (output / "model.safetensors.index.json").is_file()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
-    assert_vicuna(InstructBlipForConditionalGeneration.from_pretrained(output).state_dict(), inputs["vicuna"].state_dict())
+    converted = InstructBlipForConditionalGeneration.from_pretrained(output)
+    assert_vicuna(converted.state_dict(), inputs["vicuna"].state_dict())
 
 
 def cli_arguments(inputs, output: Path) -> list[str]:
@@ -682,7 +683,8 @@ def test_a_killed_conversion_leaves_no_folder_that_loads_and_a_rerun_completes(i
 
     convert(inputs, output, max_shard_size="100KB", overwrite=True)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["old", "out"]
-    assert_vicuna(InstructBlipForConditionalGeneration.from_pretrained(output).state_dict(), inputs["vicuna"].state_dict())
+    converted = InstructBlipForConditionalGeneration.from_pretrained(output)
+    assert_vicuna(converted.state_dict(), inputs["vicuna"].state_dict())
 
 
 def test_cli_error_is_one_line_with_exit_status_1(inputs, tmp_path):
