@@ -1,5 +1,6 @@
 """LAVIS → hf_instructblip conversion, end to end on tiny LAVIS-format checkpoints (offline)."""
 
+import errno
 import filecmp
 import json
 import logging
@@ -700,3 +701,16 @@ def test_cli_error_is_one_line_with_exit_status_1(inputs, tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "checkpoint.pth is truncated or corrupt" in result.stderr
+
+
+def test_a_full_disk_is_named_and_leaves_nothing(inputs, tmp_path, monkeypatch):
+    from hf_instructblip.conversion import convert as convert_module
+
+    def write_then_fill_up(output_dir, *args):
+        (output_dir / "model.safetensors").write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(convert_module, "write_weights", write_then_fill_up)
+    with pytest.raises(ConversionError, match=r"Writing the converted model into .*out.partial failed: .*No space left"):
+        convert(inputs, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
