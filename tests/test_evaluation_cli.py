@@ -161,6 +161,18 @@ def test_all_held_out_tasks_end_to_end(setup, tmp_path):
     assert all(1 <= r["gold_rank"] <= len(r["scores"]) for r in records["visdial"])
 
 
+def test_flan_t5_model_end_to_end(setup, tmp_path):
+    model_dir = tmp_path / "t5"
+    tiny.model("t5").save_pretrained(model_dir)
+    tiny.processor("t5").save_pretrained(model_dir)
+    tasks = [t for t in setup[2] if t.split("=")[0] in ("vizwiz", "iconqa", "msrvtt_qa")]
+    summaries = run((setup[0], str(model_dir), *setup[2:]), tmp_path / "out", tasks)
+    assert [(s["task"], s["scored"], s["skipped"]) for s in summaries] == [
+        ("iconqa", 3, {}), ("vizwiz", 2, {}), ("msrvtt_qa", 2, {})]
+    vizwiz = [json.loads(line) for line in (tmp_path / "out" / "vizwiz.predictions.jsonl").read_text().splitlines()]
+    assert all(record["prediction"] for record in vizwiz)  # the tiny Flan-T5 does answer (min length 1)
+
+
 def test_batch_size_does_not_change_predictions(setup, tmp_path):
     tasks = [t for t in setup[2] if t.split("=")[0] in ("gqa", "iconqa", "ivqa")]
     run(setup, tmp_path / "b1", tasks, "--batch_size", "1")
