@@ -166,11 +166,15 @@ def test_flan_t5_model_end_to_end(setup, tmp_path):
     tiny.model("t5").save_pretrained(model_dir)
     tiny.processor("t5").save_pretrained(model_dir)
     tasks = [t for t in setup[2] if t.split("=")[0] in ("vizwiz", "iconqa", "msrvtt_qa")]
-    summaries = run((setup[0], str(model_dir), *setup[2:]), tmp_path / "out", tasks)
+    summaries = run((setup[0], str(model_dir), *setup[2:]), tmp_path / "out", tasks,
+                    "--task_options", "iconqa.qformer_template=Question: {question}")
     assert [(s["task"], s["scored"], s["skipped"]) for s in summaries] == [
         ("iconqa", 3, {}), ("vizwiz", 2, {}), ("msrvtt_qa", 2, {})]
     vizwiz = [json.loads(line) for line in (tmp_path / "out" / "vizwiz.predictions.jsonl").read_text().splitlines()]
     assert all(record["prediction"] for record in vizwiz)  # the tiny Flan-T5 does answer (min length 1)
+    iconqa = [json.loads(line) for line in (tmp_path / "out" / "iconqa.predictions.jsonl").read_text().splitlines()]
+    assert iconqa[0]["qformer_instruction"] == "Question: how many?"
+    assert iconqa[0]["instruction"] == "Question: how many? Options: (a) 1 (b) 2 (c) 3. Short answer:"
 
 
 def test_batch_size_does_not_change_predictions(setup, tmp_path):

@@ -41,6 +41,18 @@ def test_answer_is_the_generated_text_alone(kind):
     ]
 
 
+def test_qformer_instructions_reach_the_qformer_only():
+    model, processor = tiny.model("t5"), tiny.processor("t5")
+    images, settings = [tiny.image(0), tiny.image(1)], dict(max_new_tokens=4, do_sample=False)
+    default = generate_answers(model, processor, images, INSTRUCTIONS[:2], **settings)
+    assert generate_answers(model, processor, images, INSTRUCTIONS[:2], qformer_instructions=INSTRUCTIONS[:2],
+                            **settings) == default
+    seen = []
+    model.qformer.register_forward_hook(lambda module, args, output: seen.append(args[2]))  # qformer_input_ids
+    generate_answers(model, processor, images, INSTRUCTIONS[:2], qformer_instructions=["x", "y"], **settings)
+    assert seen[0].tolist() == processor.qformer_tokenizer(["x", "y"])["input_ids"]
+
+
 def test_bad_arguments_are_refused():
     model, processor = tiny.model("t5"), tiny.processor("t5")
     with pytest.raises(ValueError, match="2 images or videos but 1 instructions"):

@@ -38,13 +38,18 @@ def test_paper_model_is_recognised_from_the_llm():
 def test_options_change_the_protocol_visibly():
     row = {"question": "Which is a mammal?", "choices": ["whale", "shark"], "hint": "", "lecture": "Mammals breathe."}
     scienceqa = TASKS["scienceqa"]
-    assert scienceqa.instruction(row) == "Context: N/A Question: Which is a mammal? Options: (a) whale (b) shark. Answer:"
+    assert scienceqa.instruction(row) == (
+        "Context: N/A Question: Which is a mammal? Options: (a) whale (b) shark. Answer:")
     with_lecture = scienceqa.with_options({"context_columns": "hint,lecture"})
     assert with_lecture.instruction(row).startswith("Context: Mammals breathe. Question:")
     visdial = TASKS["visdial"].with_options({"history": "rounds"})
     turns = {"caption": "a kitchen", "history": [{"question": "any people?", "answer": "no"}], "question": "q?"}
     assert visdial.instruction(turns) == "Dialog history: Q: any people? A: no\nQuestion: q? Short answer:"
     assert TASKS["gqa"].with_options({"decoding.num_beams": "1"}).decoding.num_beams == 1
+    textvqa = TASKS["textvqa"].with_options({"qformer_template": "Question: {question} Short answer:"})
+    ocr_row = {"question": "what does it say?", "ocr_tokens": ["stop", "sign"]}
+    assert textvqa.instruction(ocr_row) == "OCR tokens: stop, sign. Question: what does it say? Short answer:"
+    assert textvqa.qformer_instruction(ocr_row) == "Question: what does it say? Short answer:"
     assert TASKS["vsr"].with_options({"verbalizers": "no;yes"}).verbalizers == (("no",), ("yes",))
     with pytest.raises(ValueError, match="unknown option 'paper'"):
         TASKS["gqa"].with_options({"paper": "1"})

@@ -46,6 +46,7 @@ def score_candidates(
     *,
     batch_size: int = 16,
     reduction: str = "sum",
+    qformer_instructions: Sequence[str] | None = None,
 ) -> list[list[float]]:
     """Log-likelihood of every candidate answer of every example.
 
@@ -57,11 +58,12 @@ def score_candidates(
         candidates: `candidates[i]` lists example i's answers; lists may differ in length, none may be empty.
         batch_size: examples per prompt pass, and candidate rows per candidate pass.
         reduction: `"sum"` (LAVIS's ranking) or `"mean"` (per token) of the candidate's token log-probabilities.
+        qformer_instructions: what the Q-Former reads, when it must differ from the LLM's instruction.
 
     Returns:
         `scores[i][j]`: the score of `candidates[i][j]`; higher is more likely.
     """
-    check_batch(images, instructions, batch_size)
+    check_batch(images, instructions, batch_size, qformer_instructions)
     if len(candidates) != len(images):
         raise ValueError(f"Got {len(images)} examples but {len(candidates)} candidate lists: pass one per example.")
     if reduction not in REDUCTIONS:
@@ -70,7 +72,8 @@ def score_candidates(
     for batch in batch_slices(len(images), batch_size):
         token_ids = [candidate_token_ids(processor.tokenizer, cands, example=batch.start + i)
                      for i, cands in enumerate(candidates[batch])]
-        prefix = encode_prefix(model, model_inputs(model, processor, images[batch], instructions[batch]))
+        qformer_batch = None if qformer_instructions is None else qformer_instructions[batch]
+        prefix = encode_prefix(model, model_inputs(model, processor, images[batch], instructions[batch], qformer_batch))
         rows = [(example, ids) for example, example_ids in enumerate(token_ids) for ids in example_ids]
         row_scores = []
         for chunk in batch_slices(len(rows), batch_size):

@@ -139,19 +139,25 @@ def predict_batch(model, processor, task, dataset, indices, *, batch_size, image
     if ready:
         visuals = [visual for _, _, visual, _ in ready]
         instructions = [task.instruction(row) for _, row, _, _ in ready]
+        prompts = {"instruction": instructions}
+        qformer_instructions = None
+        if task.qformer_template:
+            qformer_instructions = [task.qformer_instruction(row) for _, row, _, _ in ready]
+            prompts["qformer_instruction"] = qformer_instructions
         if task.method == "generate":
             decoder_only = model.config.use_decoder_only_language_model
-            answers = generate_answers(model, processor, visuals, instructions, batch_size=batch_size,
-                                       **task.decoding.generate_kwargs(decoder_only))
-            for (index, _, _, target), instruction, answer in zip(ready, instructions, answers):
-                records[index] = {"index": index, "instruction": instruction, "prediction": answer, **target}
+            predictions = [{"prediction": answer} for answer in generate_answers(
+                model, processor, visuals, instructions, batch_size=batch_size,
+                qformer_instructions=qformer_instructions, **task.decoding.generate_kwargs(decoder_only))]
         else:
             candidates = [task.row_candidates(row, vocabulary) for _, row, _, _ in ready]
             scores = score_candidates(model, processor, visuals, instructions, candidates, batch_size=batch_size,
-                                      reduction=task.reduction)
-            for (index, _, _, target), instruction, cands, row_scores in zip(ready, instructions, candidates, scores):
-                records[index] = {"index": index, "instruction": instruction,
-                                  **ranked_prediction(task, cands, row_scores, target)}
+                                      reduction=task.reduction, qformer_instructions=qformer_instructions)
+            predictions = [ranked_prediction(task, cands, row_scores, target)
+                           for (_, _, _, target), cands, row_scores in zip(ready, candidates, scores)]
+        for k, ((index, _, _, target), prediction) in enumerate(zip(ready, predictions)):
+            records[index] = {"index": index, **{key: texts[k] for key, texts in prompts.items()}, **prediction,
+                              **target}
     return [records[index] for index in indices]
 
 
@@ -195,12 +201,12 @@ def gold(task: EvalTask, row: Mapping, vocabulary: Sequence[str]) -> dict:
 def ranked_prediction(task: EvalTask, candidates: Sequence[str], scores: Sequence[float], target: dict) -> dict:
     if task.candidates == "verbalizers":
         classes = task.class_scores(scores)
-        positive = 1.0 / (1.0 + math.exp(classes[0] - classes[1]))  # softmax over the two classes
+        positive = 1.0 / (1.0 + math.exp(min(classes[0] - classes[1], 700.0)))  # softmax over the two classes
         choice = int(classes[1] > classes[0])
         return {"prediction": task.verbalizers[choice][0], "prediction_index": choice, "positive_score": positive,
-                "class_scores": classes, **target}
+                "class_scores": classes}
     best = max(range(len(scores)), key=scores.__getitem__)
-    record = {"prediction": candidates[best], "prediction_index": best, **target}
+    record = {"prediction": candidates[best], "prediction_index": best}
     if task.candidates == "choices":
         gold_score = scores[target["answer_index"]]
         record["gold_rank"] = 1 + sum(score > gold_score for score in scores)

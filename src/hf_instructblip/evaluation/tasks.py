@@ -114,6 +114,9 @@ class EvalTask:
         ocr_tokens: how many OCR tokens enter `{ocr_tokens}` (LAVIS: the first 30, joined by ", ").
         context_columns: ScienceQA's "Context": the columns joined into `{context}`.
         history: VisDial's dialog history: `"caption+rounds"`, `"rounds"`, `"caption"` or `"none"`.
+        qformer_template: what the Q-Former reads, when it should differ from the LLM's instruction (same fields);
+            "" means the same text, as LAVIS passes its prompt to both (e.g. `"Question: {question} Short answer:"`
+            keeps TextVQA's OCR tokens from the Q-Former, as a commented-out LAVIS line suggests).
         held_in: a training task (VQAv2, OK-VQA, COCO), for checking a fine-tune rather than zero-shot transfer.
         split: the split the paper reports (`datasets` naming), read from Hub sources unless told otherwise.
         source: where the template and settings come from.
@@ -134,6 +137,7 @@ class EvalTask:
     ocr_tokens: int = 30
     context_columns: tuple[str, ...] = ()
     history: str = "caption+rounds"
+    qformer_template: str = ""
     held_in: bool = False
     split: str = "test"
     source: str = ""
@@ -175,10 +179,14 @@ class EvalTask:
 
     # --- row → instruction ---------------------------------------------------------------------------------------
 
-    def instruction(self, row: Mapping) -> str:
-        return self.template.format(**self.instruction_fields(row))
+    def instruction(self, row: Mapping, template: str | None = None) -> str:
+        template = template or self.template
+        return template.format(**self.instruction_fields(row, template))
 
-    def instruction_fields(self, row: Mapping) -> dict[str, str]:
+    def qformer_instruction(self, row: Mapping) -> str:
+        return self.instruction(row, self.qformer_template) if self.qformer_template else self.instruction(row)
+
+    def instruction_fields(self, row: Mapping, template: str | None = None) -> dict[str, str]:
         """The values of the fields the template names, read from the row."""
         builders = {
             "question": lambda: str(row[self.columns["question"]]).strip(),
@@ -189,7 +197,7 @@ class EvalTask:
             "context": lambda: " ".join(str(row[c]).strip() for c in self.context_columns if row.get(c)) or "N/A",
             "history": lambda: self.dialog_history(row),
         }
-        names = {name for _, name, _, _ in Formatter().parse(self.template) if name is not None}
+        names = {name for _, name, _, _ in Formatter().parse(template or self.template) if name is not None}
         if names - set(builders):
             raise ValueError(f"Task {self.name}: the template names {sorted(names - set(builders))}; it may use "
                              f"{sorted(builders)}.")
