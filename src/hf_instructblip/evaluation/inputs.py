@@ -16,7 +16,9 @@ def is_video(visual) -> bool:
     return isinstance(visual, (list, tuple))
 
 
-def check_batch(images: Sequence, instructions: Sequence[str], batch_size: int, qformer_instructions=None) -> None:
+def check_batch(
+    images: Sequence, instructions: Sequence[str], batch_size: int, qformer_instructions: Sequence[str] | None = None
+) -> None:
     if len(images) != len(instructions):
         raise ValueError(
             f"Got {len(images)} images or videos but {len(instructions)} instructions: pass one instruction per "
@@ -35,8 +37,9 @@ def batch_slices(total: int, batch_size: int) -> list[slice]:
     return [slice(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
 
 
-def model_inputs(model, processor, images: Sequence, instructions: Sequence[str], qformer_instructions=None
-                 ) -> BatchFeature:
+def model_inputs(
+    model, processor, images: Sequence, instructions: Sequence[str], qformer_instructions: Sequence[str] | None = None
+) -> BatchFeature:
     """Process one batch (all images, or all videos as frame lists) into padded tensors on `model`'s device,
     `pixel_values` in the model's dtype. The Q-Former reads `qformer_instructions` if given, else the
     instructions."""
