@@ -3,7 +3,6 @@
 import importlib.util
 import logging
 import os
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +16,11 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoTokenizer,
     BertConfig,
-    BertTokenizer,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
-    LlamaTokenizer,
     T5Config,
     T5ForConditionalGeneration,
-    T5Tokenizer,
 )
 
 from hf_instructblip import InstructBlipForConditionalGeneration, InstructBlipProcessor
@@ -32,8 +28,7 @@ from hf_instructblip.conversion import ConversionError, convert_lavis_checkpoint
 from hf_instructblip.conversion.writing import sha256
 
 REPO = Path(__file__).resolve().parents[1]
-CHARS = list(string.ascii_lowercase + "?.,")
-BERT_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + CHARS + ["##" + c for c in CHARS]
+BERT_VOCAB = len(tiny.bert_tokenizer(decoder_token=False))  # without "[DEC]", as bert-base-uncased
 DIMS = LavisDims(
     vision_width=176,  # two EVA heads of width 88
     vision_mlp=64,
@@ -43,7 +38,7 @@ DIMS = LavisDims(
     qformer_width=32,
     qformer_mlp=48,
     qformer_layers=3,
-    qformer_vocab=len(BERT_TOKENS) + 1,  # + "[DEC]"
+    qformer_vocab=BERT_VOCAB + 1,  # + "[DEC]"
     qformer_positions=64,
     query_tokens=4,
     llm_width=32,
@@ -55,9 +50,9 @@ DIMS = LavisDims(
 
 def save_qformer_tokenizer(directory: Path) -> Path:
     """Stands in for bert-base-uncased: a WordPiece tokenizer and the BERT config giving the head count."""
-    BertTokenizer(vocab={token: i for i, token in enumerate(BERT_TOKENS)}).save_pretrained(directory)
+    tiny.bert_tokenizer(decoder_token=False).save_pretrained(directory)
     BertConfig(
-        vocab_size=len(BERT_TOKENS),
+        vocab_size=BERT_VOCAB,
         hidden_size=DIMS.qformer_width,
         num_hidden_layers=DIMS.qformer_layers,
         num_attention_heads=4,
@@ -68,10 +63,7 @@ def save_qformer_tokenizer(directory: Path) -> Path:
 
 def save_vicuna(directory: Path) -> LlamaForCausalLM:
     """Vicuna v1.1 in miniature: LLaMA tokenizer without a pad token (<unk>=0, <s>=1, </s>=2), sharded weights."""
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for piece in ["▁"] + CHARS + ["▁" + c for c in CHARS]:
-        vocab[piece] = len(vocab)
-    tokenizer = LlamaTokenizer(vocab=vocab, merges=[("▁", c) for c in CHARS], add_bos_token=True)
+    tokenizer = tiny.llama_tokenizer(pad_token=None, padding_side="right")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=DIMS.llm_width,
@@ -91,9 +83,7 @@ def save_vicuna(directory: Path) -> LlamaForCausalLM:
 def save_flan_t5(directory: Path) -> T5ForConditionalGeneration:
     """Flan-T5 in miniature: gated GELU, an lm_head of its own, spare vocabulary rows (32128 vs 32100 tokens), and a
     weight file that also lists the encoder/decoder copies of `shared` and an unused tensor, as older Hub files do."""
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(c, -3.0) for c in CHARS] + [("▁" + c, -2.5) for c in CHARS]
-    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
+    tokenizer = tiny.t5_tokenizer()
     config = T5Config(
         vocab_size=len(tokenizer) + 4,
         d_model=DIMS.llm_width,
@@ -290,7 +280,7 @@ def test_vicuna_config_tokenizers_and_generation_defaults(inputs, vicuna_convert
     assert (tokenizer.truncation_side, tokenizer.padding_side) == ("left", "left")
     assert config.text_config.pad_token_id == vicuna_size
     qformer_tokenizer = processor.qformer_tokenizer
-    assert qformer_tokenizer.convert_tokens_to_ids("[DEC]") == len(BERT_TOKENS)  # 30522 for bert-base-uncased
+    assert qformer_tokenizer.convert_tokens_to_ids("[DEC]") == BERT_VOCAB  # 30522 for bert-base-uncased
     assert qformer_tokenizer.truncation_side == "left"
     assert processor.image_processor.size == {"height": DIMS.image_size, "width": DIMS.image_size}
 
@@ -480,7 +470,7 @@ def test_vision_layers_beyond_the_file_is_an_error(inputs, tmp_path):
 
 
 def test_qformer_heads_need_a_bert_config(inputs, tmp_path):
-    BertTokenizer(vocab={token: i for i, token in enumerate(BERT_TOKENS)}).save_pretrained(tmp_path / "bert")
+    tiny.bert_tokenizer(decoder_token=False).save_pretrained(tmp_path / "bert")
     with pytest.raises(ConversionError, match="No BERT config found for the Q-Former tokenizer"):
         convert(inputs, tmp_path / "out", qformer_tokenizer=str(tmp_path / "bert"))
 
