@@ -188,8 +188,17 @@ def _nbsp(text: str) -> str:
     return text.replace(" ", "\u00A0")
 
 
+_AMP_ENTITY = regex.compile("&[aA][mM][pP];")
+_SINGLE_QUOTE = regex.compile("&apos;|'")
+_DOUBLE_QUOTE = regex.compile('"|&quot;')
+_CURLY_QUOTES = [(regex.compile(f"[{characters}]"), latex) for characters, latex in (
+    ("\u0091\u2018\u201B\u2039", "`"), ("\u0092\u2019\u203A", "'"), ("\u0093\u201C\u00AB", "``"),
+    ("\u0094\u201D\u00BB", "''"))]
+_GENERIC_CURRENCY = regex.compile("[\u0080\u00A4\u20A0\u20AC]")
+
+
 def _ampersand(text: str) -> str:
-    return regex.sub("&[aA][mM][pP];", "&", text)
+    return _AMP_ENTITY.sub("&", text)
 
 
 def _brackets(text: str) -> str:
@@ -197,11 +206,10 @@ def _brackets(text: str) -> str:
 
 
 def _latex_quotes(text: str, probably_left: bool) -> str:
-    text = regex.sub("&apos;|'", "`" if probably_left else "'", text)
-    text = regex.sub('"|&quot;', "``" if probably_left else "''", text)
-    for characters, replacement in (("\u0091\u2018\u201B\u2039", "`"), ("\u0092\u2019\u203A", "'"),
-                                    ("\u0093\u201C\u00AB", "``"), ("\u0094\u201D\u00BB", "''")):
-        text = regex.sub(f"[{characters}]", replacement, text)
+    text = _SINGLE_QUOTE.sub("`" if probably_left else "'", text)
+    text = _DOUBLE_QUOTE.sub("``" if probably_left else "''", text)
+    for pattern, latex in _CURLY_QUOTES:
+        text = pattern.sub(latex, text)
     return text
 
 
@@ -214,7 +222,7 @@ def _right_quote(text: str) -> str:
 
 
 def _currency(text: str) -> str:
-    return regex.sub("[\u0080\u00A4\u20A0\u20AC]", "$", text.replace("\u00A2", "cents").replace("\u00A3", "#"))
+    return _GENERIC_CURRENCY.sub("$", text.replace("\u00A2", "cents").replace("\u00A3", "#"))
 
 
 def _fraction(text: str) -> str:
