@@ -501,8 +501,8 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             image_token = self.config.image_token_index
             if image_features is None:
                 raise ValueError(
-                    f"input_ids contain <image> placeholders (id {image_token}) but neither pixel_values nor "
-                    "image_embeds were given."
+                    f"input_ids contain <image> placeholders (id {image_token}) but no pixel_values (or "
+                    "image_embeds) were given."
                 )
             raise ValueError(
                 f"Each row of input_ids must contain exactly {expected} <image> placeholders (id {image_token}): "
