@@ -15,6 +15,7 @@ from .trainer import (
     freeze_for_instruction_tuning,
     merge_lora,
 )
+from .vision_cache import VisionFeatureCache
 
 __all__ = [
     "HELD_IN_DATASETS",
@@ -24,6 +25,7 @@ __all__ = [
     "InstructBlipTrainingArguments",
     "MixtureSampler",
     "Recipe",
+    "VisionFeatureCache",
     "add_lora",
     "answer_metrics",
     "freeze_for_instruction_tuning",

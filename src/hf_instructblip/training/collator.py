@@ -65,12 +65,14 @@ class InstructBlipDataCollator:
     Args:
         processor: an [`InstructBlipProcessor`] (image processor, LLM and Q-Former tokenizers, `num_query_tokens`).
         decoder_only: the model's `config.use_decoder_only_language_model`.
+        return_image_ids: add `image_ids`, the examples' `image_id`s (a list), for the trainer's vision cache.
     """
 
     processor: Any
     decoder_only: bool = True
     max_instruction_length: int = 128
     max_answer_length: int = 256
+    return_image_ids: bool = False
     truncated: dict = field(
         default_factory=lambda: {"instructions": 0, "qformer_instructions": 0, "answers": 0}, init=False
     )
@@ -99,6 +101,8 @@ class InstructBlipDataCollator:
         batch["qformer_attention_mask"] = pad([[1] * len(ids) for ids in qformer_ids], 0)
         images = [example["image"] for example in examples]
         batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        if self.return_image_ids:
+            batch["image_ids"] = [example.get("image_id") for example in examples]
         return batch
 
     def _language_model_inputs(self, instructions: list[str], answers: list[str]) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ Column names default to the schema of the public copy named in each recipe's `so
 comes back with `image=None` and a counted warning (the collator drops it), unless `on_bad_image="raise"`.
 """
 
+import hashlib
 import io
 import logging
 import os
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 # Row position, added as a column so that the transform (which sees column values only) can seed each example.
 INDEX_COLUMN = "_instructblip_row"
-OUTPUT_COLUMNS = ("image", "text_input", "text_output")
+OUTPUT_COLUMNS = ("image", "image_id", "text_input", "text_output")
 BAD_IMAGE_POLICIES = ("skip", "raise")
 
 TextBuilder = Callable[[Mapping, np.random.Generator], tuple[str, str]]
@@ -240,6 +241,10 @@ HELD_IN_DATASETS = (
 BAD_IMAGE_COUNTS: Counter = Counter()
 
 
+def _resolve(path: str, image_root: str | None) -> str:
+    return os.path.join(image_root, path) if image_root and not os.path.isabs(path) else path
+
+
 def decode_image(value, image_root: str | None = None) -> PIL.Image.Image:
     """RGB image from a `datasets.Image` record (`{"bytes", "path"}`), a path, or a PIL image."""
     if isinstance(value, PIL.Image.Image):
@@ -248,12 +253,27 @@ def decode_image(value, image_root: str | None = None) -> PIL.Image.Image:
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
     else:
         source = value
-    if isinstance(source, str) and image_root and not os.path.isabs(source):
-        source = os.path.join(image_root, source)
+    if isinstance(source, str):
+        source = _resolve(source, image_root)
     if source is None:
         raise ValueError("the image record holds neither bytes nor a path")
     with PIL.Image.open(source) as image:
         return image.convert("RGB")
+
+
+def image_identity(value, image_root: str | None = None) -> str | None:
+    """What the image is, known before decoding it: a digest of its encoded bytes, else its resolved path.
+
+    The same picture used by several rows or datasets (COCO under VQAv2, OK-VQA and captioning) gets one identity;
+    it keys the training cache of vision features. None for an in-memory PIL image.
+    """
+    if isinstance(value, Mapping):
+        if value.get("bytes"):
+            return "blake2b:" + hashlib.blake2b(value["bytes"], digest_size=16).hexdigest()
+        value = value.get("path")
+    if isinstance(value, str):
+        return "path:" + os.path.abspath(_resolve(value, image_root))
+    return None
 
 
 def _decode_or_skip(value, *, name: str, index: int, image_root: str | None, on_bad_image: str):
@@ -307,7 +327,9 @@ def prepare_dataset(
     image_root: str | None = None,
     on_bad_image: str = "skip",
 ) -> datasets.Dataset:
-    """`dataset` with rows `{image, text_input, text_output}`, computed when read (`with_transform`).
+    """`dataset` with rows `{image, image_id, text_input, text_output}`, computed when read (`with_transform`).
+
+    `image_id` is [`image_identity`] of the source image, computed without decoding it.
 
     Args:
         dataset: a map-style `datasets.Dataset` (for streaming data see [`~mixture.interleave_mixture`]).
@@ -342,6 +364,7 @@ def prepare_dataset(
             out["image"].append(
                 _decode_or_skip(row["image"], name=name, index=index, image_root=image_root, on_bad_image=on_bad_image)
             )
+            out["image_id"].append(image_identity(row["image"], image_root))
             out["text_input"].append(text_input)
             out["text_output"].append(text_output)
         return out
@@ -372,6 +395,7 @@ __all__ = [
     "caption_texts",
     "conversation_texts",
     "decode_image",
+    "image_identity",
     "load_source",
     "multiple_choice_texts",
     "passthrough_texts",
