@@ -14,6 +14,7 @@ unchanged. This file ships to the Hub (`trust_remote_code`): it imports only `tr
 configuration file next to it.
 """
 
+import copy
 import warnings
 from dataclasses import dataclass
 
@@ -383,6 +384,20 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         language_model_class = AutoModelForCausalLM if config.use_decoder_only_language_model else AutoModelForSeq2SeqLM
         self.language_model = language_model_class.from_config(config.text_config)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, quantization_config=None, **kwargs):
+        """`PreTrainedModel.from_pretrained`. A bitsandbytes `quantization_config` without `llm_int8_skip_modules`
+        quantizes the language model only, its head excepted as transformers does: the vision tower, Q-Former and
+        projection are small next to a 7B LLM and keep the dtype they are loaded in."""
+        if getattr(quantization_config, "llm_int8_skip_modules", False) is None:
+            quantization_config = copy.deepcopy(quantization_config)
+            quantization_config.llm_int8_skip_modules = [
+                "vision_model", "qformer", "language_projection", "language_model.lm_head"
+            ]
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
+        return super().from_pretrained(*args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
