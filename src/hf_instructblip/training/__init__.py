@@ -11,7 +11,6 @@ from .trainer import (
     InstructBlipTrainer,
     InstructBlipTrainingArguments,
     add_lora,
-    answer_metrics,
     freeze_for_instruction_tuning,
     merge_lora,
 )
@@ -27,7 +26,6 @@ __all__ = [
     "Recipe",
     "VisionFeatureCache",
     "add_lora",
-    "answer_metrics",
     "freeze_for_instruction_tuning",
     "interleave_mixture",
     "load_source",
