@@ -123,3 +123,16 @@ def test_vision_and_qformer_compile_without_graph_breaks():
     with torch.no_grad():
         features = compiled(inputs["pixel_values"], inputs["qformer_input_ids"], inputs["qformer_attention_mask"])
     torch.testing.assert_close(features, eager, rtol=0, atol=0)
+
+
+def test_pipeline_with_one_image_and_several_questions_encodes_it_once(tmp_path):
+    from transformers import pipeline
+
+    tiny.model("llama").save_pretrained(tmp_path)
+    tiny.processor("llama").save_pretrained(tmp_path)
+    pipe = pipeline("image-text-to-text", model=str(tmp_path))
+    calls = vision_batch_sizes(pipe.model)
+    questions = ["what colour is it?", "how many shapes?", "is it round?"]
+    answers = pipe(images=[tiny.image(0)] * 3, text=questions, max_new_tokens=4, return_full_text=False,
+                   batch_size=3)
+    assert calls == [1] and len(answers) == 3
