@@ -155,8 +155,21 @@ def generate_rows(ours, builtin, processor, args) -> list[Row]:
             )
             ours_s, builtin_s = alternate(lambda: ours.generate(**inputs, **settings),
                                           lambda: builtin.generate(**inputs, **settings), args.repeats, args.warmup)
-        rows.append(Row(scenario, "transformers built-in", ours_s, builtin_s, target, f"same tokens: {same}"))
+        check = f"same tokens: {same}"
+        if len(pictures) > 1:
+            check += f"; duplicate search {1e3 * duplicate_search_s(inputs['pixel_values']):.1f} ms"
+        rows.append(Row(scenario, "transformers built-in", ours_s, builtin_s, target, check))
     return rows
+
+
+def duplicate_search_s(pixel_values: torch.Tensor) -> float:
+    """What finding equal images costs `encode_images` (its `torch.unique` over the rows), median of 5."""
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.unique(pixel_values.flatten(1), dim=0, return_inverse=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def ranked_choice_row(ours, processor, args) -> Row | None:
