@@ -163,11 +163,12 @@ def test_plain_training_arguments_are_refused_and_converted_explicitly(tmp_path)
     ("remove_unused_columns", True, "needs remove_unused_columns=False"),
     ("vision_cache_gb", 1.0, "needs a frozen vision tower"),
     ("vision_cache_gb", -1.0, "vision_cache_gb must be >= 0"),
+    ("fsdp", "full_shard", "fsdp is not applied on CPU"),
 ])
 def test_training_arguments_are_validated_when_built(tmp_path, field, value, message):
     extra = {"train_vision_model": True} if field == "vision_cache_gb" else {}
     with pytest.raises(ValueError, match=message):
-        InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], **{field: value}, **extra)
+        InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **{field: value}, **extra)
     with pytest.raises(ValueError, match="nothing would be trained"):
         InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], train_qformer=False,
                                       train_language_projection=False, train_vision_post_layernorm=False)
