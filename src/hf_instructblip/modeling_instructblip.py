@@ -15,10 +15,13 @@ configuration file next to it.
 """
 
 import copy
+import glob
+import os
 import warnings
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -385,20 +388,6 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         self.language_model = language_model_class.from_config(config.text_config)
         self.post_init()
 
-    @classmethod
-    def from_pretrained(cls, *args, quantization_config=None, **kwargs):
-        """`PreTrainedModel.from_pretrained`. A bitsandbytes `quantization_config` without `llm_int8_skip_modules`
-        quantizes the language model only, its head excepted as transformers does: the vision tower, Q-Former and
-        projection are small next to a 7B LLM and keep the dtype they are loaded in."""
-        if getattr(quantization_config, "llm_int8_skip_modules", False) is None:
-            quantization_config = copy.deepcopy(quantization_config)
-            quantization_config.llm_int8_skip_modules = [
-                "vision_model", "qformer", "language_projection", "language_model.lm_head"
-            ]
-        if quantization_config is not None:
-            kwargs["quantization_config"] = quantization_config
-        return super().from_pretrained(*args, **kwargs)
-
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
@@ -425,6 +414,31 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 "AutoModel": f"{__name__.rsplit('.', 1)[-1]}.{type(self).__name__}",
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, quantization_config=None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a local folder with truncated or corrupt safetensors files
+        by name before anything is allocated (a folder without config.json is refused by the config).
+
+        A bitsandbytes `quantization_config` without `llm_int8_skip_modules` quantizes the language model only, its
+        head excepted as transformers does: the vision tower, Q-Former and projection are small next to a 7B LLM
+        and keep the dtype they are loaded in.
+        """
+        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors"))):
+            try:
+                with safe_open(path, framework="pt"):  # checks every tensor's bytes against the header
+                    pass
+            except SafetensorError as error:
+                raise OSError(f"{path} is truncated or corrupt ({error}); save or download it again.") from error
+        if getattr(quantization_config, "llm_int8_skip_modules", False) is None:
+            quantization_config = copy.deepcopy(quantization_config)
+            quantization_config.llm_int8_skip_modules = [
+                "vision_model", "qformer", "language_projection", "language_model.lm_head"
+            ]
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def encode_images(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         """The vision tower's output (after its final LayerNorm), to reuse for any number of instructions.
