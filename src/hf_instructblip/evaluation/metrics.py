@@ -1,6 +1,7 @@
-"""Metrics of the zero-shot protocol: pure functions over Python lists, each returning a proportion in [0, 1].
+"""Metrics of the zero-shot protocol: pure functions over Python lists, each returning a float.
 
-The paper's tables show these ×100 (CIDEr-D ×100 too: [`cider_d`] keeps pycocoevalcap's ×10 scale, so 1.2 is 120).
+Accuracies, MRR and AUC are proportions in [0, 1]; [`cider_d`] keeps pycocoevalcap's ×10 scale. The paper's tables
+show all of them ×100: 0.452 MRR is 45.2, 1.2 CIDEr-D is 120.
 
 | metric | tasks | source of truth |
 |---|---|---|
