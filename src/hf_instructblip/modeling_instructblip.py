@@ -550,6 +550,58 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 "garbage tokens; load it with dtype=torch.bfloat16 or torch.float32."
             )
 
+    def _check_inputs(self, **inputs: torch.Tensor | None) -> None:
+        """Refuse inputs that would fail deep inside torch or silently give wrong results, naming the argument,
+        the shapes and the fix. `forward` and `generate` both call it first, so they refuse the same inputs."""
+        given = {name: value for name, value in inputs.items() if value is not None}
+        pixel_values, input_ids = given.get("pixel_values"), given.get("input_ids")
+
+        def refuse(problem: str, fix: str):
+            shapes = ", ".join(f"{name} {tuple(value.shape)}" for name, value in given.items())
+            raise ValueError(f"{problem} (got {shapes}). {fix}")
+
+        if len({value.shape[0] for value in given.values()}) > 1:
+            refuse("The inputs disagree on the batch size", "Give every input one row per example.")
+        if any(value.shape[0] == 0 for value in given.values()):
+            refuse("The batch is empty", "Pass at least one example.")
+        prompt = input_ids if input_ids is not None else given.get("inputs_embeds")
+        aligned = {"attention_mask": prompt, "qformer_attention_mask": given.get("qformer_input_ids")}
+        if self.config.use_decoder_only_language_model:
+            aligned["labels"] = input_ids  # decoder-only labels are not shifted
+        for name, ids in aligned.items():
+            if name in given and ids is not None and given[name].shape[:2] != ids.shape[:2]:
+                refuse(f"{name} must have the shape of its ids", "Build the inputs with the processor.")
+        vocabularies = {"input_ids": self.config.text_config, "qformer_input_ids": self.config.qformer_config}
+        for name, config in vocabularies.items():
+            ids = given.get(name)
+            if ids is not None and (ids.is_floating_point() or ids.dtype == torch.bool):
+                refuse(f"{name} must hold integer token ids, not {ids.dtype}", "Pass torch.long ids.")
+            if ids is not None and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < config.vocab_size:
+                refuse(f"{name} hold ids outside the vocabulary [0, {config.vocab_size})", "Use the model's tokenizers.")
+            # Over-long text is an error, never silently cut: the processor truncates from the left, as LAVIS.
+            ids = prompt if name == "input_ids" else ids
+            limit = getattr(config, "max_position_embeddings", None)
+            if ids is not None and limit is not None and ids.shape[1] > limit:
+                refuse(
+                    f"{name} has {ids.shape[1]} positions; the model reads at most {limit}",
+                    "Shorten the instruction, or truncate it from the left as LAVIS does (the processor's "
+                    "llm_max_length, qformer_max_length).",
+                )
+        if pixel_values is None:
+            if input_ids is not None and (input_ids == self.config.image_token_index).any():
+                refuse("input_ids hold <image> placeholders but no pixel_values were given", "Pass pixel_values.")
+            return
+        if pixel_values.ndim not in (4, 5) or pixel_values.shape[-3] != 3:
+            refuse("pixel_values must be (batch, 3, height, width) or (batch, frames, 3, height, width)",
+                   "Build them with the processor, which makes every image RGB.")
+        if pixel_values.ndim == 5 and pixel_values.shape[1] == 0:
+            refuse("The videos in pixel_values have no frames", "Pass at least one frame per video.")
+        if not pixel_values.is_floating_point():
+            refuse(f"pixel_values must be normalized floats, not {pixel_values.dtype}",
+                   "Build them with the processor (it rescales and normalizes the pixels).")
+        if not torch.isfinite(pixel_values).all():
+            refuse("pixel_values hold NaN or infinite values", "Check the images and their preprocessing.")
+
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -589,6 +641,11 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         """
         if input_ids is None:
             raise ValueError("input_ids are required: they carry the prompt and the <image> placeholders.")
+        self._check_inputs(
+            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+            qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask,
+            inputs_embeds=inputs_embeds, labels=labels,
+        )
         self._warn_if_fp16_t5()
         image_features = None
         if pixel_values is not None or image_embeds is not None:
@@ -646,6 +703,10 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             the prompt, for both LLM kinds, as LAVIS returns them (`transformers`' built-in echoes the prompt of a
             decoder-only LLM). An encoder-decoder LLM's output starts with its decoder start token.
         """
+        self._check_inputs(
+            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+            qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask,
+        )
         # The checkpoint's generation_config.json is loaded into this model; the LLM generates, so it must see it.
         self.language_model.generation_config = self.generation_config
         if pixel_values is None and image_embeds is None:
