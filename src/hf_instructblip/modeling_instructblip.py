@@ -588,7 +588,8 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                     "llm_max_length, qformer_max_length).",
                 )
         if pixel_values is None:
-            if input_ids is not None and (input_ids == self.config.image_token_index).any():
+            placeholders = input_ids is not None and (input_ids == self.config.image_token_index).any()
+            if placeholders and "image_embeds" not in given:
                 refuse("input_ids hold <image> placeholders but no pixel_values were given", "Pass pixel_values.")
             return
         if pixel_values.ndim not in (4, 5) or pixel_values.shape[-3] != 3:
@@ -644,7 +645,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         self._check_inputs(
             pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
             qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask,
-            inputs_embeds=inputs_embeds, labels=labels,
+            inputs_embeds=inputs_embeds, labels=labels, image_embeds=image_embeds,
         )
         self._warn_if_fp16_t5()
         image_features = None
@@ -706,6 +707,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         self._check_inputs(
             pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
             qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask,
+            image_embeds=image_embeds,
         )
         # The checkpoint's generation_config.json is loaded into this model; the LLM generates, so it must see it.
         self.language_model.generation_config = self.generation_config
