@@ -108,7 +108,8 @@ SREDAUX = _ci("n") + APOSETCETERA + _ci("t")
 APOWORD = "|".join([
     f"{APOS}{_ci('n')}{APOS}?", f"[lLdDjJ]{APOS}", f"{_ci('Dunkin')}{APOS}", f"{_ci('somethin')}{APOS}",
     f"{_ci('ol')}{APOS}", f"{APOS}{_ci('em')}", rf"[A-HJ-XZn]{APOSETCETERA}\p{{L}}{{2}}\p{{L}}*",
-    f"{APOS}[2-9]{_ci('0s')}", f"{APOS}{_ci('till?')}", rf"\p{{L}}\p{{L}}*[aeiouyAEIOUY]{APOSETCETERA}[aeiouA-Z]\p{{L}}*",
+    f"{APOS}[2-9]{_ci('0s')}", f"{APOS}{_ci('till?')}",
+    rf"\p{{L}}\p{{L}}*[aeiouyAEIOUY]{APOSETCETERA}[aeiouA-Z]\p{{L}}*",
     f"{APOS}{_ci('cause')}", _ci(r"cont'd\.?|'twas|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l"),
     f"{_ci('O')}{APOSETCETERA}{_ci('o')}",
 ])
@@ -146,7 +147,8 @@ PHONE = (r"(?:\([0-9]{2,3}\)[ \u00A0]?|(?:\+\+?)?(?:[0-9]{2,4}[\- \u00A0])?[0-9]
          r"[0-9]{3,4}[\- \u00A0]?[0-9]{3,5}|(?:(?:\+\+?)?[0-9]{2,4}\.)?[0-9]{2,4}\.[0-9]{3,4}\.[0-9]{3,5}")
 LDOTS = r"\.{3,5}|(?:\.[ \u00A0]){2,4}\.|[\u0085\u2026]"
 INSENTP = r"[,;:\u3001]"
-QUOTES = rf"{APOS}|''|[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094\u201E\u201F\u2039\u203A\u00AB\u00BB]{{1,2}}"
+QUOTES = (rf"{APOS}|''|"
+          r"[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094\u201E\u201F\u2039\u203A\u00AB\u00BB]{1,2}")
 DBLQUOT = '"|&' + _ci("quot") + ";"
 TBSPEC = "|".join([
     "-" + _ci("RRB|LRB|RCB|LCB|RSB|LSB") + "-", _ci(r"C\.D\.s|pro-|anti-"),
