@@ -47,14 +47,7 @@ def generate_answers(
         inputs = model_inputs(model, processor, images[batch], instructions[batch], qformer_batch)
         output = model.generate(**inputs, **generate_kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        answers += [text.strip() for text in processor.batch_decode(answer_tokens(model, inputs, sequences),
-                                                                    skip_special_tokens=True)]
+        # This model's generate() returns the generated tokens alone for both LLM kinds (the LLM receives only
+        # embeddings, as in LAVIS), so there is no prompt to cut off.
+        answers += [text.strip() for text in processor.batch_decode(sequences, skip_special_tokens=True)]
     return answers
-
-
-def answer_tokens(model, inputs, sequences: torch.LongTensor) -> torch.LongTensor:
-    """The generated tokens of `generate()`'s output: a decoder-only LLM returns the prompt followed by the new
-    tokens (transformers' convention), an encoder-decoder the decoder sequence alone."""
-    if model.config.use_decoder_only_language_model:
-        return sequences[:, inputs["input_ids"].shape[1] :]
-    return sequences
