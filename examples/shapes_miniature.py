@@ -16,17 +16,20 @@ described by captions and questions.
   dataset level, a trained task type in another dataset's phrasing ("which colour does the … have ?", as GQA
   against VQAv2).
 
-Stage 0 stands in for EVA-CLIP + Vicuna + BLIP-2 pre-training. Every parameter trains on:
-- the LLM's world knowledge: text-only questions of every type about a scene described in text, in the paper's
-  instruction formats (Vicuna answers such questions about any scene it is told about);
-- BLIP-2's image-to-text generation: promptless captioning through the LLM, the Q-Former seeing no instruction;
-- soft-caption alignment: the visual tokens are pulled towards the LLM's embeddings of the scene's caption, so the
-  LLM can read them as a described scene.
-No image-grounded question appears in stage 0. Stage 1 is the paper's instruction tuning of the Q-Former side on
-the held-in datasets (`InstructBlipTrainer`), its two ablations being one change each.
+Stage 0 stands in for the paper's base, built in its order:
+- 0a, the LLM (Vicuna): text only. Questions of every type, held-out types included, about a scene described in
+  text, in the paper's instruction formats: the stand-in for the world knowledge that lets Vicuna answer questions
+  about any scene it is told about.
+- 0b, BLIP-2 (EVA-CLIP + Q-Former) with the LLM frozen: promptless captioning through the LLM, the Q-Former seeing
+  no instruction, plus soft-caption alignment (the visual tokens are pulled towards the LLM's embeddings of the
+  scene's caption, so that the LLM reads them as a described scene).
+No question comes with an image in stage 0. Stage 1 is the paper's instruction tuning of the Q-Former side on the
+held-in datasets (`InstructBlipTrainer`); each ablation is stage 1 with one change. Training, stage-0 and
+evaluation scenes come from separate random streams (`seeded`): the evaluation scenes are never trained on.
 """
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +55,7 @@ from transformers import (
 )
 
 from hf_instructblip import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
+from hf_instructblip.evaluation import exact_match
 from hf_instructblip.training import InstructBlipTrainer, InstructBlipTrainingArguments, prepare_dataset, templates
 from hf_instructblip.training.recipes import caption_texts, question_generation_texts, vqa_texts
 
@@ -252,19 +256,22 @@ def instruction_blind(model: InstructBlipForConditionalGeneration):
 
 @dataclass(frozen=True)
 class PretrainingSettings:
-    steps: int = 1600
-    batch_size: int = 32
-    learning_rate: float = 1e-3
+    """Stage 0 in two parts, as the paper's base was built: the LLM first (Vicuna), then BLIP-2 with it frozen."""
+
+    language_steps: int = 3000
+    language_batch_size: int = 64
+    language_learning_rate: float = 2e-3
+    vision_steps: int = 1500
+    vision_batch_size: int = 32
+    vision_learning_rate: float = 1e-3
     warmup_ratio: float = 0.05
-    caption_examples: int = 6000
-    text_examples: int = 20000
     alignment_weight: float = 1.0
     llm_width: int = 64
     llm_layers: int = 2
     seed: int = 0
 
     def cache_key(self) -> str:
-        return hashlib.sha1(json.dumps({**asdict(self), "format": 2}, sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha1(json.dumps({**asdict(self), "format": 4}, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def scene_text_ids(tokenizer, scenes_captions: list[str]) -> torch.Tensor:
@@ -287,6 +294,8 @@ def described_scene_texts(n: int, rng: np.random.Generator) -> list[dict]:
         task = TASKS[rng.integers(len(TASKS))]
         if task == "caption":
             instruction, answer = caption_texts({"caption": caption(scene)}, rng)
+            # Half without instruction: BLIP-2's captioning reads the scene and an empty prompt.
+            instruction = instruction if rng.random() < 0.5 else ""
         else:
             question, answer = QUESTIONS["colour_vqa" if task == "question_generation" else task](scene, rng)
             row = {"question": question, "answers": [answer]}
@@ -316,50 +325,68 @@ def prefixed_language_model_loss(model, tokenizer, prefix_embeds, instructions: 
     return model.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
 
-def pretraining_data(settings: PretrainingSettings) -> dict:
-    """Everything stage 0 trains on: captioned images (no question) and text-only described scenes."""
-    return {
-        "captions": task_rows("caption", settings.caption_examples, seeded("pretrain", "caption", settings.seed)),
-        "texts": described_scene_texts(settings.text_examples, seeded("pretrain", "text", settings.seed)),
-    }
-
-
-def pretrain(settings: PretrainingSettings):
-    """Stage 0: all parameters; promptless captioning + soft-caption alignment + described-scene text; AdamW,
-    warmup + cosine, clip 1.0."""
-    processor = build_processor()
-    tokenizer = processor.tokenizer
-    model = build_model(processor, settings.seed, settings.llm_width, settings.llm_layers).train()
-    data = pretraining_data(settings)
-    captions, texts = data["captions"], data["texts"]
-    embed = model.get_input_embeddings()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.05)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * settings.steps), settings.steps)
-    rng = seeded("pretrain", "batches", settings.seed)
-    progress = tqdm(range(settings.steps), desc="stage 0: pre-training the tiny base")
-    for step in progress:
-        picks = rng.integers(len(captions["image"]), size=settings.batch_size)
-        images = [captions["image"][i] for i in picks]
-        batch_captions = [captions["caption"][i] for i in picks]
-        # BLIP-2: the Q-Former reads the image only.
-        features = model.get_image_features(processor.image_processor(images, return_tensors="pt")["pixel_values"])
-        caption_loss = prefixed_language_model_loss(model, tokenizer, features, [""] * len(picks), batch_captions)
-        target = embed(scene_text_ids(tokenizer, batch_captions)).detach()
-        alignment_loss = (features - target).pow(2).mean() / target.pow(2).mean()
-        described = [texts[i] for i in rng.integers(len(texts), size=settings.batch_size)]
-        text_loss = prefixed_language_model_loss(
-            model, tokenizer, embed(scene_text_ids(tokenizer, [t["caption"] for t in described])),
-            [t["text_input"] for t in described], [t["text_output"] for t in described],
-        )
-        loss = caption_loss + settings.alignment_weight * alignment_loss + text_loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+def optimise(parameters, learning_rate: float, steps: int, warmup_ratio: float, losses, description: str):
+    """AdamW (weight decay 0.05), linear warmup + cosine, clip 1.0: `steps` steps on the losses `losses()` yields."""
+    parameters = [p for p in parameters if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
+    progress = tqdm(range(steps), desc=description)
+    for step, named_losses in zip(progress, losses):
+        sum(named_losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
         if step % 50 == 0:
-            progress.set_postfix(caption=f"{caption_loss.item():.3f}", align=f"{alignment_loss.item():.3f}",
-                                 text=f"{text_loss.item():.3f}")
+            progress.set_postfix({name: f"{loss.item():.3f}" for name, loss in named_losses.items()})
+
+
+def language_batches(settings: PretrainingSettings):
+    """Stage 0a's data, fresh scenes per step: described scenes in text, no image."""
+    rng = seeded("pretrain", "language", settings.seed)
+    while True:
+        yield described_scene_texts(settings.language_batch_size, rng)
+
+
+def vision_batches(settings: PretrainingSettings):
+    """Stage 0b's data, fresh scenes per step: captioned images, no question, no instruction."""
+    rng = seeded("pretrain", "vision", settings.seed)
+    while True:
+        yield task_rows("caption", settings.vision_batch_size, rng)
+
+
+def pretrain(settings: PretrainingSettings):
+    """Stage 0: (a) the LLM alone learns the described-scene text; (b) with the LLM frozen, the vision tower,
+    queries, Q-Former and projection learn promptless captioning through it, plus soft-caption alignment."""
+    processor = build_processor()
+    tokenizer = processor.tokenizer
+    model = build_model(processor, settings.seed, settings.llm_width, settings.llm_layers).train()
+    embed = model.get_input_embeddings()
+
+    def language_losses():
+        for described in language_batches(settings):
+            scenes = embed(scene_text_ids(tokenizer, [example["caption"] for example in described]))
+            yield {"text": prefixed_language_model_loss(model, tokenizer, scenes, [e["text_input"] for e in described],
+                                                        [e["text_output"] for e in described])}
+
+    optimise(model.language_model.parameters(), settings.language_learning_rate, settings.language_steps,
+             settings.warmup_ratio, language_losses(), "stage 0a: the LLM's world knowledge, in text")
+    model.language_model.requires_grad_(False)
+
+    def vision_losses():
+        for captioned in vision_batches(settings):
+            pixel_values = processor.image_processor(captioned["image"], return_tensors="pt")["pixel_values"]
+            features = model.get_image_features(pixel_values)  # BLIP-2: the Q-Former reads the image only
+            captions = captioned["caption"]
+            target = embed(scene_text_ids(tokenizer, captions))
+            yield {
+                "caption": prefixed_language_model_loss(model, tokenizer, features, [""] * len(captions), captions),
+                "alignment": settings.alignment_weight * (features - target).pow(2).mean() / target.pow(2).mean(),
+            }
+
+    optimise(model.parameters(), settings.vision_learning_rate, settings.vision_steps, settings.warmup_ratio,
+             vision_losses(), "stage 0b: BLIP-2, the LLM frozen")
+    model.requires_grad_(True)
     return model.eval(), processor
 
 
@@ -435,17 +462,16 @@ def text_probe(model, processor, sets: dict[str, dict]) -> dict[str, float]:
         generated = model.language_model.generate(
             inputs_embeds=model.get_input_embeddings()(ids), attention_mask=(ids != tokenizer.pad_token_id).long(),
             max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        predictions = tokenizer.batch_decode(generated, skip_special_tokens=True)
-        scores[task] = float(np.mean([words(p) == words(t) for p, t in zip(predictions, s["targets"])]))
+        scores[task] = exact_match(tokenizer.batch_decode(generated, skip_special_tokens=True), s["targets"])
     return scores
 
 
 def evaluate_tasks(model, processor, sets: dict[str, dict]) -> dict[str, float]:
-    """Exact match per task, greedy decoding."""
+    """Exact match per task (after the VQA answer normalisation), greedy decoding."""
     scores = {}
     for task, s in sets.items():
         predictions = generated_answers(model, processor, s["images"], s["instructions"])
-        scores[task] = float(np.mean([words(p) == words(t) for p, t in zip(predictions, s["targets"])]))
+        scores[task] = exact_match(predictions, s["targets"])
     return scores
 
 
@@ -475,8 +501,10 @@ def training_arguments(**overrides) -> InstructBlipTrainingArguments:
     return InstructBlipTrainingArguments(**{**TRAINING_DEFAULTS, **overrides})
 
 
+@functools.lru_cache(maxsize=4)
 def instruction_data(seed: int) -> dict[str, datasets.Dataset]:
-    """The held-in datasets of stage 1 (their own random stream per seed), wrapped in the paper's templates."""
+    """The held-in datasets of stage 1 (their own random stream per seed), wrapped in the paper's templates.
+    Cached: the ablations train on the same data as the run they change."""
     return {
         task: prepare_dataset(datasets.Dataset.from_dict(task_rows(task, size, seeded("train", task, seed))),
                               RECIPES[task], name=task, seed=seed,
@@ -522,7 +550,12 @@ class MiniatureArguments:
                   "Q-Former; sampling ∝ size instead of ∝ √size. About twice the stage-1 time."},
     )
     miniature_eval_examples: int = field(default=200, metadata={"help": "Fresh evaluation scenes per task."})
-    miniature_pretraining_steps: int = field(default=PretrainingSettings.steps, metadata={"help": "Stage-0 steps."})
+    miniature_language_steps: int = field(
+        default=PretrainingSettings.language_steps, metadata={"help": "Stage-0a steps (the LLM, text only)."}
+    )
+    miniature_vision_steps: int = field(
+        default=PretrainingSettings.vision_steps, metadata={"help": "Stage-0b steps (BLIP-2, the LLM frozen)."}
+    )
     miniature_cache_dir: str = field(
         default=os.path.join(os.path.expanduser("~"), ".cache", "hf_instructblip"),
         metadata={"help": "Where the pre-trained tiny base (stage 0) is cached."},
@@ -545,10 +578,12 @@ def run(args: MiniatureArguments = MiniatureArguments(), training_args: Instruct
     there. Returns what it writes."""
     start = time.perf_counter()
     training_args = training_args or training_arguments()
-    base, processor = pretrained_base(args.miniature_cache_dir, PretrainingSettings(steps=args.miniature_pretraining_steps), log)
+    settings = PretrainingSettings(language_steps=args.miniature_language_steps, vision_steps=args.miniature_vision_steps)
+    base, processor = pretrained_base(args.miniature_cache_dir, settings, log)
     sets = evaluation_sets(args.miniature_eval_examples)
     with instruction_blind(base):  # BLIP-2 zero-shot: the instruction reaches the LLM only
         blip2 = evaluate_tasks(base, processor, sets)
+    told = text_probe(base, processor, sets)  # the frozen LLM's own skill, the same in both stages
 
     seeds = [training_args.seed + i for i in range(args.miniature_seeds)]
     runs = []
@@ -577,7 +612,7 @@ def run(args: MiniatureArguments = MiniatureArguments(), training_args: Instruct
     path = os.path.join(training_args.output_dir, RESULTS_FILE)
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
-    log(f"\n{results_table(results)}\n\n{claims(results)}\n\nResults for tools: {os.path.abspath(path)}")
+    log(f"\n{results_table(results, told)}\n\n{claims(results)}\n\nResults for tools: {os.path.abspath(path)}")
     return results
 
 
@@ -592,8 +627,9 @@ def _split_average(scores: dict[str, float], held_out: bool) -> float:
     return float(np.mean([scores[task] for task in TASKS if (task in HELD_OUT_TASKS) == held_out]))
 
 
-def results_table(results: dict) -> str:
-    """Markdown: one row per model (chance, BLIP-2, InstructBLIP, ablations), held-in then held-out columns."""
+def results_table(results: dict, text_probe_scores: dict[str, float] | None = None) -> str:
+    """Markdown: one row per model (chance, the LLM told the scene in text, BLIP-2, InstructBLIP, ablations),
+    held-in then held-out columns."""
     tasks = results["tasks"]
     held_in = [t for t in TASKS if t not in HELD_OUT_TASKS]
     held_out = list(HELD_OUT_TASKS)
@@ -613,6 +649,8 @@ def results_table(results: dict) -> str:
     lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header),
              row("chance: majority / uniform", chance, lambda t: f"{chance[t]:.2f} / {uniform(t)}"),
              row("BLIP-2 zero-shot (stage 0)", {t: v["blip2"] for t, v in tasks.items()})]
+    if text_probe_scores:
+        lines.insert(3, row("LLM alone, told the scene in text", text_probe_scores))
     instructblip = {t: v["instructblip"] for t, v in tasks.items()}
     if len(seeds) == 1:
         lines.append(row("InstructBLIP (stage 1)", instructblip))
