@@ -16,13 +16,12 @@ described by captions and questions.
   dataset level, a trained task type in another dataset's phrasing ("which colour does the … have ?", as GQA
   against VQAv2).
 
-Stage 0 stands in for the paper's base, built in its order:
-- 0a, the LLM (Vicuna): text only. Questions of every type, held-out types included, about a scene described in
-  text, in the paper's instruction formats: the stand-in for the world knowledge that lets Vicuna answer questions
-  about any scene it is told about.
-- 0b, BLIP-2 (EVA-CLIP + Q-Former) with the LLM frozen: promptless captioning through the LLM, the Q-Former seeing
-  no instruction, plus soft-caption alignment (the visual tokens are pulled towards the LLM's embeddings of the
-  scene's caption, so that the LLM reads them as a described scene).
+Stage 0 stands in for the paper's base (Vicuna, EVA-CLIP, BLIP-2). Every parameter trains, at each step, on:
+- the LLM's world knowledge: text only, questions of every type (held-out types included) about a scene described
+  in text, in the paper's instruction formats, as Vicuna answers questions about any scene it is told about;
+- BLIP-2's image-to-text generation: promptless captioning through the LLM, the Q-Former seeing no instruction;
+- soft-caption alignment: the visual tokens are pulled towards the LLM's embeddings of the scene's caption, so
+  that the LLM reads them as the described scene.
 No question comes with an image in stage 0. Stage 1 is the paper's instruction tuning of the Q-Former side on the
 held-in datasets (`InstructBlipTrainer`); each ablation is stage 1 with one change. Training, stage-0 and
 evaluation scenes come from separate random streams (`seeded`): the evaluation scenes are never trained on.
@@ -213,7 +212,7 @@ def build_processor() -> InstructBlipProcessor:
     return InstructBlipProcessor(image_processor, tokenizer, qformer_tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
 
 
-def build_model(processor: InstructBlipProcessor, seed: int, llm_width: int = 64, llm_layers: int = 2):
+def build_model(processor: InstructBlipProcessor, seed: int):
     """ViT patch 8 (36 patches), Q-Former with cross-attention in every layer, a small LLaMA: under 1M parameters."""
     tokenizer = processor.tokenizer
     config = InstructBlipConfig(
@@ -222,8 +221,7 @@ def build_model(processor: InstructBlipProcessor, seed: int, llm_width: int = 64
         qformer_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                             vocab_size=len(processor.qformer_tokenizer), cross_attention_frequency=1,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=256),
-        text_config=LlamaConfig(hidden_size=llm_width, intermediate_size=4 * llm_width, num_hidden_layers=llm_layers,
-                                num_attention_heads=4, num_key_value_heads=4, vocab_size=len(tokenizer),
+        text_config=LlamaConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, vocab_size=len(tokenizer),
                                 max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                 tie_word_embeddings=False).to_dict(),
@@ -256,22 +254,15 @@ def instruction_blind(model: InstructBlipForConditionalGeneration):
 
 @dataclass(frozen=True)
 class PretrainingSettings:
-    """Stage 0 in two parts, as the paper's base was built: the LLM first (Vicuna), then BLIP-2 with it frozen."""
-
-    language_steps: int = 3000
-    language_batch_size: int = 64
-    language_learning_rate: float = 2e-3
-    vision_steps: int = 1500
-    vision_batch_size: int = 32
-    vision_learning_rate: float = 1e-3
+    steps: int = 1600
+    batch_size: int = 32  # captioned images and described scenes per step, each
+    learning_rate: float = 1e-3
     warmup_ratio: float = 0.05
     alignment_weight: float = 1.0
-    llm_width: int = 64
-    llm_layers: int = 2
     seed: int = 0
 
     def cache_key(self) -> str:
-        return hashlib.sha1(json.dumps({**asdict(self), "format": 4}, sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha1(json.dumps({**asdict(self), "format": 5}, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def scene_text_ids(tokenizer, scenes_captions: list[str]) -> torch.Tensor:
@@ -294,8 +285,6 @@ def described_scene_texts(n: int, rng: np.random.Generator) -> list[dict]:
         task = TASKS[rng.integers(len(TASKS))]
         if task == "caption":
             instruction, answer = caption_texts({"caption": caption(scene)}, rng)
-            # Half without instruction: BLIP-2's captioning reads the scene and an empty prompt.
-            instruction = instruction if rng.random() < 0.5 else ""
         else:
             question, answer = QUESTIONS["colour_vqa" if task == "question_generation" else task](scene, rng)
             row = {"question": question, "answers": [answer]}
@@ -305,9 +294,11 @@ def described_scene_texts(n: int, rng: np.random.Generator) -> list[dict]:
     return out
 
 
-def prefixed_language_model_loss(model, tokenizer, prefix_embeds, instructions: list[str], answers: list[str]):
-    """The LLM's loss on `<prefix> <s> instruction answer </s>`, on the answer and `</s>` only: stage 1's layout,
-    the prefix being visual tokens or a scene described in text."""
+def prefixed_language_model_loss(model, tokenizer, prefix_embeds, instructions: list[str], answers: list[str],
+                                  prefix_ids: torch.Tensor | None = None):
+    """The LLM's loss on `<prefix> <s> instruction answer </s>`, the prefix being visual tokens or a scene described
+    in text (`prefix_ids`). On the answer and `</s>` only (stage 1's layout), or, given `prefix_ids`, on every token,
+    as a language model pre-trains on text (with the loss on answers only, question generation never emerged)."""
     prompts = tokenizer(instructions)["input_ids"]  # with <s>
     targets = [ids + [tokenizer.eos_token_id] for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]
     width = max(len(p) + len(t) for p, t in zip(prompts, targets))
@@ -315,13 +306,14 @@ def prefixed_language_model_loss(model, tokenizer, prefix_embeds, instructions: 
     for prompt, target in zip(prompts, targets):
         padding = width - len(prompt) - len(target)
         ids.append(prompt + target + [tokenizer.pad_token_id] * padding)
-        labels.append([-100] * len(prompt) + target + [-100] * padding)
+        labels.append((prompt if prefix_ids is not None else [-100] * len(prompt)) + target + [-100] * padding)
         mask.append([1] * (len(prompt) + len(target)) + [0] * padding)
     ids, labels, mask = torch.tensor(ids), torch.tensor(labels), torch.tensor(mask)
     prefix_length = prefix_embeds.shape[1]
     embeds = torch.cat([prefix_embeds, model.get_input_embeddings()(ids)], dim=1)
     mask = torch.cat([mask.new_ones(len(ids), prefix_length), mask], dim=1)
-    labels = torch.cat([labels.new_full((len(ids), prefix_length), -100), labels], dim=1)
+    prefix_labels = prefix_ids if prefix_ids is not None else labels.new_full((len(ids), prefix_length), -100)
+    labels = torch.cat([prefix_labels, labels], dim=1)
     return model.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
 
@@ -342,51 +334,44 @@ def optimise(parameters, learning_rate: float, steps: int, warmup_ratio: float, 
 
 
 def language_batches(settings: PretrainingSettings):
-    """Stage 0a's data, fresh scenes per step: described scenes in text, no image."""
-    rng = seeded("pretrain", "language", settings.seed)
+    """Stage 0's text, fresh scenes per step: described scenes, no image."""
+    rng = seeded("pretrain", "text", settings.seed)
     while True:
-        yield described_scene_texts(settings.language_batch_size, rng)
+        yield described_scene_texts(settings.batch_size, rng)
 
 
 def vision_batches(settings: PretrainingSettings):
-    """Stage 0b's data, fresh scenes per step: captioned images, no question, no instruction."""
-    rng = seeded("pretrain", "vision", settings.seed)
+    """Stage 0's images, fresh scenes per step: captioned, no question, no instruction."""
+    rng = seeded("pretrain", "images", settings.seed)
     while True:
-        yield task_rows("caption", settings.vision_batch_size, rng)
+        yield task_rows("caption", settings.batch_size, rng)
 
 
 def pretrain(settings: PretrainingSettings):
-    """Stage 0: (a) the LLM alone learns the described-scene text; (b) with the LLM frozen, the vision tower,
-    queries, Q-Former and projection learn promptless captioning through it, plus soft-caption alignment."""
+    """Stage 0: every parameter, on the LLM's described-scene text (every token), BLIP-2's promptless captioning
+    and soft-caption alignment, summed at each step."""
     processor = build_processor()
     tokenizer = processor.tokenizer
-    model = build_model(processor, settings.seed, settings.llm_width, settings.llm_layers).train()
+    model = build_model(processor, settings.seed).train()
     embed = model.get_input_embeddings()
 
-    def language_losses():
-        for described in language_batches(settings):
-            scenes = embed(scene_text_ids(tokenizer, [example["caption"] for example in described]))
-            yield {"text": prefixed_language_model_loss(model, tokenizer, scenes, [e["text_input"] for e in described],
-                                                        [e["text_output"] for e in described])}
-
-    optimise(model.language_model.parameters(), settings.language_learning_rate, settings.language_steps,
-             settings.warmup_ratio, language_losses(), "stage 0a: the LLM's world knowledge, in text")
-    model.language_model.requires_grad_(False)
-
-    def vision_losses():
-        for captioned in vision_batches(settings):
+    def losses():
+        for described, captioned in zip(language_batches(settings), vision_batches(settings)):
+            scene_ids = scene_text_ids(tokenizer, [example["caption"] for example in described])
+            text = prefixed_language_model_loss(model, tokenizer, embed(scene_ids), [e["text_input"] for e in described],
+                                                [e["text_output"] for e in described], prefix_ids=scene_ids)
             pixel_values = processor.image_processor(captioned["image"], return_tensors="pt")["pixel_values"]
             features = model.get_image_features(pixel_values)  # BLIP-2: the Q-Former reads the image only
             captions = captioned["caption"]
-            target = embed(scene_text_ids(tokenizer, captions))
+            target = embed(scene_text_ids(tokenizer, captions)).detach()
             yield {
+                "text": text,
                 "caption": prefixed_language_model_loss(model, tokenizer, features, [""] * len(captions), captions),
                 "alignment": settings.alignment_weight * (features - target).pow(2).mean() / target.pow(2).mean(),
             }
 
-    optimise(model.parameters(), settings.vision_learning_rate, settings.vision_steps, settings.warmup_ratio,
-             vision_losses(), "stage 0b: BLIP-2, the LLM frozen")
-    model.requires_grad_(True)
+    optimise(model.parameters(), settings.learning_rate, settings.steps, settings.warmup_ratio, losses(),
+             "stage 0: the tiny base (LLM text, BLIP-2 captioning, alignment)")
     return model.eval(), processor
 
 
@@ -481,7 +466,7 @@ def evaluate_tasks(model, processor, sets: dict[str, dict]) -> dict[str, float]:
 TRAINING_DEFAULTS = dict(
     output_dir="outputs/instructblip-shapes-miniature",
     per_device_train_batch_size=32,
-    max_steps=3000,
+    max_steps=2000,
     learning_rate=3e-3,
     warmup_steps=0.05,
     logging_steps=250,
@@ -550,12 +535,7 @@ class MiniatureArguments:
                   "Q-Former; sampling ∝ size instead of ∝ √size. About twice the stage-1 time."},
     )
     miniature_eval_examples: int = field(default=200, metadata={"help": "Fresh evaluation scenes per task."})
-    miniature_language_steps: int = field(
-        default=PretrainingSettings.language_steps, metadata={"help": "Stage-0a steps (the LLM, text only)."}
-    )
-    miniature_vision_steps: int = field(
-        default=PretrainingSettings.vision_steps, metadata={"help": "Stage-0b steps (BLIP-2, the LLM frozen)."}
-    )
+    miniature_pretraining_steps: int = field(default=PretrainingSettings.steps, metadata={"help": "Stage-0 steps."})
     miniature_cache_dir: str = field(
         default=os.path.join(os.path.expanduser("~"), ".cache", "hf_instructblip"),
         metadata={"help": "Where the pre-trained tiny base (stage 0) is cached."},
@@ -578,7 +558,7 @@ def run(args: MiniatureArguments = MiniatureArguments(), training_args: Instruct
     there. Returns what it writes."""
     start = time.perf_counter()
     training_args = training_args or training_arguments()
-    settings = PretrainingSettings(language_steps=args.miniature_language_steps, vision_steps=args.miniature_vision_steps)
+    settings = PretrainingSettings(steps=args.miniature_pretraining_steps)
     base, processor = pretrained_base(args.miniature_cache_dir, settings, log)
     sets = evaluation_sets(args.miniature_eval_examples)
     with instruction_blind(base):  # BLIP-2 zero-shot: the instruction reaches the LLM only

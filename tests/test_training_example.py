@@ -87,7 +87,7 @@ def test_miniature_end_to_end_at_toy_size(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(shapes_miniature, "InstructBlipTrainer", RecordingTrainer)
     run_instruct_tuning.main([
         "--output_dir", str(tmp_path / "out"), "--miniature_cache_dir", str(tmp_path / "cache"),
-        "--miniature_language_steps", "3", "--miniature_vision_steps", "2", "--max_steps", "2", "--miniature_eval_examples", "6",
+        "--miniature_pretraining_steps", "3", "--max_steps", "2", "--miniature_eval_examples", "6",
         "--miniature_seeds", "2", "--miniature_ablations", "--disable_tqdm", "true",
     ])
     printed = capsys.readouterr().out
@@ -110,7 +110,7 @@ def test_miniature_end_to_end_at_toy_size(tmp_path, capsys, monkeypatch):
     assert all(list(scores) == list(tasks) for scores in results["ablations"].values())
 
     # Stage 0 saw images with captions only; its questions, held-out ones included, came as text without image.
-    assert len(stage0b) == 2 and all(set(captioned) == {"image", "caption"} for captioned in stage0b)
+    assert len(stage0b) == 3 and all(set(captioned) == {"image", "caption"} for captioned in stage0b)
     assert not held_out_in(caption for captioned in stage0b for caption in captioned["caption"])
     assert len(stage0a) == 3 and all(set(example) == {"caption", "text_input", "text_output"}
                                      for described in stage0a for example in described)
