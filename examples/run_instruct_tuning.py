@@ -1,13 +1,14 @@
-"""Instruction-tune InstructBLIP on a mixture of datasets, the paper's way (Q-Former only, sqrt-size sampling).
+"""Instruction-tune InstructBLIP the paper's way (Q-Former side only, datasets sampled ∝ √size).
 
-With neither --model_name_or_path nor --datasets: the paper in miniature, offline on a laptop CPU in about five
-minutes (`shapes_miniature.py`). A tiny InstructBLIP is pre-trained on a synthetic world of coloured shapes
-(stage 0, cached in --miniature_cache_dir), then its Q-Former side is instruction-tuned on five held-in "datasets"
-of very different sizes sampled ∝ √size: {max_steps} steps of batch {per_device_train_batch_size}, learning rate
-{learning_rate}, seed {seed}. The table puts held-in and held-out exact match after tuning beside the stage-0
-"BLIP-2" row and chance; --miniature_seeds N repeats stage 1 with N seeds, --miniature_ablations adds the paper's
-two ablations. The model and miniature_results.json are saved in --output_dir ({output_dir}). On a busy
-machine, prefix OMP_NUM_THREADS=1.
+With neither --model_name_or_path nor --datasets: the paper in miniature (`shapes_miniature.py`), offline on CPU in
+about five minutes on 2 cores. A tiny InstructBLIP is pre-trained on a synthetic world of coloured shapes (stage 0:
+the stand-in for Vicuna + BLIP-2, cached in --miniature_cache_dir), then instruction-tuned on five held-in
+"datasets" of very different sizes. The table puts held-in and held-out exact match after tuning beside the stage-0
+"BLIP-2" row and chance; --miniature_seeds N repeats stage 1 with N seeds (mean and range), --miniature_ablations
+adds the paper's two ablations. On a busy machine, prefix OMP_NUM_THREADS=1.
+
+  miniature defaults: --max_steps {max_steps} --per_device_train_batch_size {per_device_train_batch_size} --learning_rate {learning_rate} --seed {seed}
+                      --output_dir {output_dir} (the model and miniature_results.json)
 
 Real scale (the full 13-dataset command is in the README), with the paper's defaults (lr 1e-5, 1000 warmup steps,
 cosine):
@@ -23,16 +24,15 @@ cosine):
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
+import shapes_miniature as miniature
 import torch
 import transformers
 from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, pipeline
 
-import shapes_miniature as miniature
 from hf_instructblip import InstructBlipForConditionalGeneration, InstructBlipProcessor
 from hf_instructblip.training import (
     RECIPES,
@@ -148,7 +148,7 @@ def run_real(model_args: ModelArguments, data_args: DataArguments, training_args
         trainer.push_to_hub()
 
 
-# --- the embedded miniature --------------------------------------------------------------------------------------------
+# --- the embedded miniature ------------------------------------------------------------------------------------------
 
 
 def answer_fresh_image(output_dir: str, seed: int):
@@ -162,7 +162,8 @@ def answer_fresh_image(output_dir: str, seed: int):
     prompt = f"Question: {question} Short answer:"
     answer = ask(images=image, text=prompt, max_new_tokens=5, return_full_text=False)[0]["generated_text"]
     print(f"\nReloaded from {output_dir} with AutoModelForImageTextToText + pipeline('image-text-to-text').")
-    print(f"Fresh image: {miniature.caption(scene)}\nQ (held-out type): {question}\nA: {answer.strip()} (truth: {truth})")
+    print(f"Fresh image: {miniature.caption(scene)}\nQ (held-out type): {question}")
+    print(f"A: {answer.strip()} (truth: {truth})")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -213,7 +213,7 @@ def build_processor() -> InstructBlipProcessor:
 
 
 def build_model(processor: InstructBlipProcessor, seed: int):
-    """ViT patch 8 (36 patches), Q-Former with cross-attention in every layer, a small LLaMA: under 1M parameters."""
+    """ViT patch 8 (36 patches), Q-Former with cross-attention in every layer, 2-layer LLaMA: ≈0.5M parameters."""
     tokenizer = processor.tokenizer
     config = InstructBlipConfig(
         vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
@@ -221,8 +221,9 @@ def build_model(processor: InstructBlipProcessor, seed: int):
         qformer_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                             vocab_size=len(processor.qformer_tokenizer), cross_attention_frequency=1,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=256),
-        text_config=LlamaConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, vocab_size=len(tokenizer),
-                                max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+        text_config=LlamaConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=4, vocab_size=len(tokenizer), max_position_embeddings=512,
+                                bos_token_id=tokenizer.bos_token_id,
                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                 tie_word_embeddings=False).to_dict(),
         num_query_tokens=processor.num_query_tokens,
@@ -318,8 +319,9 @@ def prefixed_language_model_loss(model, tokenizer, prefix_embeds, instructions: 
 
 
 def optimise(parameters, learning_rate: float, steps: int, warmup_ratio: float, losses, description: str):
-    """AdamW (weight decay 0.05), linear warmup + cosine, clip 1.0: `steps` steps on the losses `losses()` yields."""
-    parameters = [p for p in parameters if p.requires_grad]
+    """AdamW (weight decay 0.05), linear warmup + cosine, clip 1.0: `steps` steps on the sum of each dict of named
+    losses that `losses` yields."""
+    parameters = list(parameters)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
     progress = tqdm(range(steps), desc=description)
@@ -358,8 +360,8 @@ def pretrain(settings: PretrainingSettings):
     def losses():
         for described, captioned in zip(language_batches(settings), vision_batches(settings)):
             scene_ids = scene_text_ids(tokenizer, [example["caption"] for example in described])
-            text = prefixed_language_model_loss(model, tokenizer, embed(scene_ids), [e["text_input"] for e in described],
-                                                [e["text_output"] for e in described], prefix_ids=scene_ids)
+            instructions, answers = [e["text_input"] for e in described], [e["text_output"] for e in described]
+            text = prefixed_language_model_loss(model, tokenizer, embed(scene_ids), instructions, answers, scene_ids)
             pixel_values = processor.image_processor(captioned["image"], return_tensors="pt")["pixel_values"]
             features = model.get_image_features(pixel_values)  # BLIP-2: the Q-Former reads the image only
             captions = captioned["caption"]
@@ -378,13 +380,17 @@ def pretrain(settings: PretrainingSettings):
 def pretrained_base(cache_dir: str, settings: PretrainingSettings = PretrainingSettings(), log=print):
     """The stage-0 base from `cache_dir`, pre-training and caching it on first use."""
     path = os.path.join(cache_dir, f"shapes-base-{settings.cache_key()}")
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if os.path.isdir(path):
         log(f"Stage 0: loading the cached pre-trained base from {path}")
-        return InstructBlipForConditionalGeneration.from_pretrained(path).eval(), InstructBlipProcessor.from_pretrained(path)
+        model = InstructBlipForConditionalGeneration.from_pretrained(path)
+        return model.eval(), InstructBlipProcessor.from_pretrained(path)
     start = time.perf_counter()
     model, processor = pretrain(settings)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    # Written aside, then renamed: an interrupted write never looks like a cached base.
+    partial = f"{path}.partial-{os.getpid()}"
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    os.replace(partial, path)
     log(f"Stage 0: pre-trained in {time.perf_counter() - start:.0f} s, cached at {path}")
     return model, processor
 
@@ -446,7 +452,9 @@ def text_probe(model, processor, sets: dict[str, dict]) -> dict[str, float]:
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(row)) + row for row in rows])
         generated = model.language_model.generate(
             inputs_embeds=model.get_input_embeddings()(ids), attention_mask=(ids != tokenizer.pad_token_id).long(),
-            max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         scores[task] = exact_match(tokenizer.batch_decode(generated, skip_special_tokens=True), s["targets"])
     return scores
 
@@ -463,18 +471,18 @@ def evaluate_tasks(model, processor, sets: dict[str, dict]) -> dict[str, float]:
 # --- stage 1: instruction tuning, and its ablations ------------------------------------------------------------------
 
 # The miniature's stage-1 settings: the one place they live (the example's command line shows and overrides them).
-TRAINING_DEFAULTS = dict(
-    output_dir="outputs/instructblip-shapes-miniature",
-    per_device_train_batch_size=32,
-    max_steps=2000,
-    learning_rate=3e-3,
-    warmup_steps=0.05,
-    logging_steps=250,
-    seed=42,
-    save_strategy="no",
-    report_to="none",
-    dataloader_pin_memory=False,
-)
+TRAINING_DEFAULTS = {
+    "output_dir": "outputs/instructblip-shapes-miniature",
+    "per_device_train_batch_size": 32,
+    "max_steps": 2000,
+    "learning_rate": 3e-3,
+    "warmup_steps": 0.05,
+    "logging_steps": 250,
+    "seed": 42,
+    "save_strategy": "no",
+    "report_to": "none",
+    "dataloader_pin_memory": False,
+}
 
 ABLATIONS = {
     "no_instruction_aware": "no instruction-aware Q-Former (BLIP-2's)",
@@ -551,12 +559,13 @@ class MiniatureArguments:
 RESULTS_FILE = "miniature_results.json"
 
 
-def run(args: MiniatureArguments = MiniatureArguments(), training_args: InstructBlipTrainingArguments | None = None,
+def run(args: MiniatureArguments | None = None, training_args: InstructBlipTrainingArguments | None = None,
         log=print) -> dict:
     """Stage 0 (cached), the BLIP-2 row, stage 1 for each seed (the first seed's model is saved to
     `training_args.output_dir`), the ablations if asked; prints the table and writes `miniature_results.json`
     there. Returns what it writes."""
     start = time.perf_counter()
+    args = args or MiniatureArguments()
     training_args = training_args or training_arguments()
     settings = PretrainingSettings(steps=args.miniature_pretraining_steps)
     base, processor = pretrained_base(args.miniature_cache_dir, settings, log)
@@ -584,7 +593,8 @@ def run(args: MiniatureArguments = MiniatureArguments(), training_args: Instruct
     if args.miniature_ablations:
         results["ablations"] = {}
         for ablation in ABLATIONS:
-            ablated = [tuned_scores(base, processor, training_args, sets, seed=seed, ablation=ablation)[0] for seed in seeds]
+            ablated = [tuned_scores(base, processor, training_args, sets, seed=seed, ablation=ablation)[0]
+                       for seed in seeds]
             results["ablations"][ablation] = {task: float(np.mean([r[task] for r in ablated])) for task in TASKS}
     results["seconds"] = round(time.perf_counter() - start, 1)
 
@@ -625,21 +635,21 @@ def results_table(results: dict, text_probe_scores: dict[str, float] | None = No
         return f"{1 / ANSWER_SPACE[task]:.2f}" if task in ANSWER_SPACE else "~0"
 
     chance = {t: v["chance"] for t, v in tasks.items()}
-    seeds = [{t: v["instructblip_seeds"][i] for t, v in tasks.items()} for i in range(len(tasks["caption"]["instructblip_seeds"]))]
     lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header),
              row("chance: majority / uniform", chance, lambda t: f"{chance[t]:.2f} / {uniform(t)}"),
              row("BLIP-2 zero-shot (stage 0)", {t: v["blip2"] for t, v in tasks.items()})]
     if text_probe_scores:
         lines.insert(3, row("LLM alone, told the scene in text", text_probe_scores))
     instructblip = {t: v["instructblip"] for t, v in tasks.items()}
-    if len(seeds) == 1:
+    seeds = len(tasks["caption"]["instructblip_seeds"])
+    if seeds == 1:
         lines.append(row("InstructBLIP (stage 1)", instructblip))
     else:
         def spread(task: str) -> str:
             values = tasks[task]["instructblip_seeds"]
             return f"{np.mean(values):.3f} ({min(values):.2f}-{max(values):.2f})"
 
-        lines.append(row(f"InstructBLIP (stage 1), mean (min-max) of {len(seeds)} seeds", instructblip, spread))
+        lines.append(row(f"InstructBLIP (stage 1), mean (min-max) of {seeds} seeds", instructblip, spread))
     for name, scores in results.get("ablations", {}).items():
         lines.append(row(f"InstructBLIP, {ABLATIONS[name]}", scores))
     return "\n".join(lines)
