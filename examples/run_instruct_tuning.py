@@ -127,18 +127,22 @@ def run_real(model_args: ModelArguments, data_args: DataArguments, training_args
     # This package's classes also read official transformers checkpoints (model_type "instructblip"), which the
     # Auto classes would hand to transformers' built-in port.
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
-    model = InstructBlipForConditionalGeneration.from_pretrained(model_args.model_name_or_path, dtype=dtype)
-    processor = InstructBlipProcessor.from_pretrained(model_args.model_name_or_path)
+    # The main process downloads into the shared Hub and datasets caches first; the other ranks then read them.
+    with training_args.main_process_first(desc="downloading the model and datasets"):
+        model = InstructBlipForConditionalGeneration.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+        processor = InstructBlipProcessor.from_pretrained(model_args.model_name_or_path)
+        train_datasets = {s.name: prepared(s, data_args.train_split, data_args, training_args.seed) for s in specs}
+        eval_datasets = {
+            s.name: prepared(s, data_args.eval_split, data_args, training_args.seed)
+            for s in map(parse_dataset_spec, data_args.eval_datasets)
+        }
     trainer = InstructBlipTrainer(
         model=model,
         args=training_args,
         processing_class=processor,
-        train_datasets={s.name: prepared(s, data_args.train_split, data_args, training_args.seed) for s in specs},
+        train_datasets=train_datasets,
         mixture_multipliers={s.name: s.multiplier for s in specs if s.multiplier != 1.0},
-        eval_datasets={
-            s.name: prepared(s, data_args.eval_split, data_args, training_args.seed)
-            for s in map(parse_dataset_spec, data_args.eval_datasets)
-        },
+        eval_datasets=eval_datasets,
         peft_config=lora_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -191,7 +195,9 @@ def main(argv: list[str] | None = None):
     transformers.logging.set_verbosity_warning()
     if not real:
         miniature.run(miniature_args, training_args)
-        return answer_fresh_image(training_args.output_dir, seed=training_args.seed + 999)
+        if training_args.process_index == 0:  # after run()'s barrier: the saved folder is whole
+            answer_fresh_image(training_args.output_dir, seed=training_args.seed + 999)
+        return None
     if model_args.model_name_or_path is None or not data_args.datasets:
         raise ValueError("Real runs need both --model_name_or_path and --datasets (or neither, for the miniature).")
     if miniature_args != miniature.MiniatureArguments():

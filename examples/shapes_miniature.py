@@ -563,12 +563,17 @@ def run(args: MiniatureArguments | None = None, training_args: InstructBlipTrain
         log=print) -> dict:
     """Stage 0 (cached), the BLIP-2 row, stage 1 for each seed (the first seed's model is saved to
     `training_args.output_dir`), the ablations if asked; prints the table and writes `miniature_results.json`
-    there. Returns what it writes."""
+    there. Returns what it writes.
+
+    Under several ranks (DDP), stage 1 trains across them; the main process pre-trains stage 0 while the others
+    wait, and alone writes; every rank evaluates its identical copy."""
     start = time.perf_counter()
     args = args or MiniatureArguments()
     training_args = training_args or training_arguments()
     settings = PretrainingSettings(steps=args.miniature_pretraining_steps)
-    base, processor = pretrained_base(args.miniature_cache_dir, settings, log)
+    with training_args.main_process_first(desc="stage-0 pre-training"):
+        base, processor = pretrained_base(args.miniature_cache_dir, settings, log)
+    main = training_args.process_index == 0
     sets = evaluation_sets(args.miniature_eval_examples)
     with instruction_blind(base):  # BLIP-2 zero-shot: the instruction reaches the LLM only
         blip2 = evaluate_tasks(base, processor, sets)
@@ -580,9 +585,11 @@ def run(args: MiniatureArguments | None = None, training_args: InstructBlipTrain
         scores, trainer = tuned_scores(base, processor, training_args, sets, seed=seed)
         runs.append(scores)
         if seed == seeds[0]:
-            trainer.save_model()  # with the processor
-            log(f"Stage 1 (seed {seed}): the tuned model and its processor are saved in "
-                f"{os.path.abspath(training_args.output_dir)}")
+            trainer.save_model()  # with the processor, by the main process
+            trainer.accelerator.wait_for_everyone()  # the folder is whole before any rank reads it
+            if main:
+                log(f"Stage 1 (seed {seed}): the tuned model and its processor are saved in "
+                    f"{os.path.abspath(training_args.output_dir)}")
     results = {"tasks": {
         task: {"split": "held-out" if task in HELD_OUT_TASKS else "held-in",
                "chance": majority_chance(sets[task]["targets"]), "blip2": blip2[task],
@@ -597,7 +604,8 @@ def run(args: MiniatureArguments | None = None, training_args: InstructBlipTrain
                        for seed in seeds]
             results["ablations"][ablation] = {task: float(np.mean([r[task] for r in ablated])) for task in TASKS}
     results["seconds"] = round(time.perf_counter() - start, 1)
-
+    if not main:
+        return results
     os.makedirs(training_args.output_dir, exist_ok=True)
     path = os.path.join(training_args.output_dir, RESULTS_FILE)
     with open(path, "w") as f:

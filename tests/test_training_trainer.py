@@ -1,5 +1,6 @@
 """InstructBlipTrainer on tiny models: what is trained, what stays frozen, resume, eval, model card, TRL."""
 
+import errno
 import json
 import os
 import shutil
@@ -15,11 +16,13 @@ from transformers import TrainingArguments
 from hf_instructblip.training.collator import InstructBlipDataCollator
 from hf_instructblip.training.recipes import prepare_dataset
 from hf_instructblip.training.trainer import (
+    CHECKPOINT_STAGING_DIR,
     InstructBlipTrainer,
     InstructBlipTrainingArguments,
     freeze_for_instruction_tuning,
     predicted_answer_tokens,
 )
+from hf_instructblip.training.vision_cache import VisionFeatureCache, frozen_vision_features
 
 PAPER_TRAINABLE_PREFIXES = ("query_tokens", "qformer.", "vision_model.post_layernorm.", "language_projection.")
 
@@ -160,12 +163,14 @@ def test_plain_training_arguments_are_refused_and_converted_explicitly(tmp_path)
     ("mixture_alpha", -1.0, "mixture_alpha must be a finite number >= 0"),
     ("max_answer_length", 1, "max_answer_length must be >= 2"),
     ("remove_unused_columns", True, "needs remove_unused_columns=False"),
-    ("cache_vision_features", True, "needs a frozen vision tower"),
+    ("vision_cache_gb", 1.0, "needs a frozen vision tower"),
+    ("vision_cache_gb", -1.0, "vision_cache_gb must be >= 0"),
+    ("fsdp", "full_shard", "fsdp is not applied on CPU"),
 ])
 def test_training_arguments_are_validated_when_built(tmp_path, field, value, message):
-    extra = {"train_vision_model": True} if field == "cache_vision_features" else {}
+    extra = {"train_vision_model": True} if field == "vision_cache_gb" else {}
     with pytest.raises(ValueError, match=message):
-        InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], **{field: value}, **extra)
+        InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **{field: value}, **extra)
     with pytest.raises(ValueError, match="nothing would be trained"):
         InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], train_qformer=False,
                                       train_language_projection=False, train_vision_post_layernorm=False)
@@ -358,16 +363,49 @@ def test_push_to_hub_publishes_the_mixture_card(tmp_path):
     assert hf_hub_download(repo_id, "model.safetensors")
 
 
-def test_cached_vision_features_give_the_same_training(tmp_path):
+def test_vision_cache_gives_the_same_training_within_its_bound(tmp_path):
+    """Room for 4 images among 12 distinct ones: entries are evicted and recomputed, the weights are the same."""
+    model = tiny.model("llama")
+    entry_bytes = frozen_vision_features(model.vision_model, torch.zeros(1, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)).nbytes
     plain = trainer(tmp_path / "plain", max_steps=6)
     plain.train()
-    cached = trainer(tmp_path / "cached", max_steps=6, cache_vision_features=True)
+    cached = trainer(tmp_path / "cached", model=model, max_steps=6, vision_cache_gb=4.5 * entry_bytes / 1e9)
+    cache, seen, stored_bytes = cached.vision_cache, set(), []
+    lookup = cache.image_embeds
+
+    def recording_lookup(vision_model, pixel_values, image_ids):
+        embeds = lookup(vision_model, pixel_values, image_ids)
+        seen.update(image_ids)
+        stored_bytes.append(cache.stored_bytes)
+        return embeds
+
+    cache.image_embeds = recording_lookup
     cached.train()
-    assert cached.vision_cache.hits > 0 and cached.vision_cache.misses <= 15  # 15 distinct training images
+    assert len(stored_bytes) == 6 and max(stored_bytes) <= cache.max_bytes and len(cache.entries) == 4
+    assert cache.hits > 0 and cache.misses > len(seen)  # evicted images came back
     for (name, a), b in zip(plain.model.named_parameters(), cached.model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
     with pytest.raises(ValueError, match="needs a frozen vision tower"):
-        trainer(tmp_path, cache_vision_features=True, train_vision_model=True)
+        trainer(tmp_path, vision_cache_gb=1, train_vision_model=True)
+
+
+def test_vision_cache_is_least_recently_used_and_refuses_a_trainable_tower():
+    model = tiny.model("llama")
+    vision = model.vision_model.requires_grad_(False)
+    pixel_values = torch.randn(3, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)
+    entry_bytes = frozen_vision_features(vision, pixel_values[:1]).nbytes
+    cache = VisionFeatureCache(2 * entry_bytes)
+    embeds = cache.image_embeds(vision, pixel_values[[0, 1, 0]], ["a", "b", "a"])
+    torch.testing.assert_close(embeds, vision(pixel_values[[0, 1, 0]]))
+    assert (cache.hits, cache.misses, list(cache.entries)) == (1, 2, ["a", "b"])
+    cache.image_embeds(vision, pixel_values[[0]], ["a"])  # "a" becomes the most recent
+    cache.image_embeds(vision, pixel_values[[2]], ["c"])  # evicts "b"
+    assert list(cache.entries) == ["a", "c"] and cache.stored_bytes == 2 * entry_bytes
+    with pytest.raises(ValueError, match="one image_id per image"):
+        cache.image_embeds(vision, pixel_values[:2], ["a", None])
+    vision.encoder.layers[0].mlp.fc1.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen vision tower.*encoder.layers.0.mlp.fc1.weight"):
+        cache.image_embeds(vision, pixel_values[:1], ["a"])
 
 
 def test_ddp_on_two_processes_trains_like_one_process_on_the_whole_batch(tmp_path):
@@ -383,3 +421,74 @@ def test_ddp_on_two_processes_trains_like_one_process_on_the_whole_batch(tmp_pat
         assert torch.equal(ranks[0][name], ranks[1][name])
         torch.testing.assert_close(ranks[0][name], weight, rtol=0, atol=2e-5)
     assert max((single[n] - initial[n]).abs().max().item() for n in single) > 1e-3  # it trained
+
+
+@pytest.mark.parametrize("fault", ["full disk", "killed"])
+def test_a_checkpoint_that_fails_part_way_is_never_resumed_from(tmp_path, monkeypatch, fault):
+    """The optimizer write of the second checkpoint fails after half its bytes: ENOSPC from the writer (no small
+    filesystem can be mounted here), or an interrupt that skips every clean-up (as a killed job does)."""
+    save = torch.save
+
+    def failing_save(obj, path, *args, **kwargs):
+        if str(path).endswith(os.path.join("checkpoint-4", "optimizer.pt")):
+            with open(path, "wb") as f:
+                f.write(b"\0" * 100)
+            if fault == "full disk":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise KeyboardInterrupt
+        return save(obj, path, *args, **kwargs)
+
+    run = trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    output = run.args.output_dir
+    monkeypatch.setattr(torch, "save", failing_save)
+    if fault == "full disk":
+        with pytest.raises(OSError, match=rf"Could not save checkpoint {output}/checkpoint-4: No space left on device"):
+            run.train()
+        assert not os.path.exists(os.path.join(output, CHECKPOINT_STAGING_DIR))  # its bytes are freed
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            run.train()
+    monkeypatch.setattr(torch, "save", save)
+    assert [name for name in os.listdir(output) if name.startswith("checkpoint")] == ["checkpoint-2"]
+    assert {"trainer_state.json", "optimizer.pt", "model.safetensors"} <= set(os.listdir(f"{output}/checkpoint-2"))
+
+    resumed = trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 4 and len(resumed.state.log_history) < 2 * 4  # steps 3-4 only, + summary
+    assert sorted(name for name in os.listdir(output) if name.startswith(".") or "checkpoint" in name) == [
+        "checkpoint-2", "checkpoint-4"
+    ]
+
+
+def raw_dataset(**columns):
+    rows = {"image": [tiny.image(i) for i in range(3)], "text_input": ["q?"] * 3, "text_output": ["a", "b", "c"]}
+    return datasets.Dataset.from_dict({**rows, **columns})
+
+
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ({"text_output": None}, r"Training dataset 'mine' has no column\(s\) \['text_output'\]; its columns are"),
+        ({"text_output": ["a", None, "c"]}, r"'mine', column 'text_output': 1 rows are not strings, e.g. rows \[1\]"),
+        ({"text_input": [1, 2, 3]}, r"'mine', column 'text_input': 3 rows are not strings, e.g. rows \[0, 1, 2\]"),
+    ],
+)
+def test_unprepared_datasets_are_checked_before_the_first_step(tmp_path, columns, message):
+    data = raw_dataset(**{key: value for key, value in columns.items() if value is not None})
+    if None in columns.values():
+        data = data.remove_columns([key for key, value in columns.items() if value is None])
+    with pytest.raises(ValueError, match=message):
+        InstructBlipTrainer(model=tiny.model(), args=arguments(tmp_path), processing_class=tiny.processor(),
+                            train_datasets={"mine": data})
+
+
+def test_an_unreadable_image_of_an_unprepared_dataset_names_its_row_and_dataset(tmp_path, caplog):
+    data = raw_dataset().cast_column("image", datasets.Image(decode=False))
+    data = data.map(lambda row, i: {"image": {"bytes": b"not an image", "path": None}} if i == 1 else row,
+                    with_indices=True)
+    run = InstructBlipTrainer(model=tiny.model(), args=arguments(tmp_path, max_steps=1),
+                              processing_class=tiny.processor(), train_datasets={"mine": data})
+    with caplog.at_level("WARNING"):
+        rows = [run.train_dataset[i] for i in range(3)]
+    assert [row["image"] is None for row in rows] == [False, True, False]
+    assert "Skipping row 1 of dataset 'mine': unreadable image" in caplog.text

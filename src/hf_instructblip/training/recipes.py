@@ -19,6 +19,7 @@ run: its row comes back with `image=None` and a counted warning (the collator dr
 `on_bad_image="raise"`.
 """
 
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 # Row position, added as a column so that the transform (which sees column values only) can seed each example.
 INDEX_COLUMN = "_instructblip_row"
-OUTPUT_COLUMNS = ("image", "text_input", "text_output")
+OUTPUT_COLUMNS = ("image", "image_id", "text_input", "text_output")
 BAD_IMAGE_POLICIES = ("skip", "raise")
 
 TextBuilder = Callable[[Mapping, np.random.Generator], tuple[str, str]]
@@ -253,6 +254,23 @@ def _image_source(value, image_root: str | None):
     return value
 
 
+def image_identity(value, image_root: str | None = None) -> str | None:
+    """What the image is, known before decoding it: a digest of its encoded bytes, else its resolved path.
+
+    The same picture used by several rows or datasets (COCO under VQAv2, OK-VQA and captioning) gets one identity;
+    it keys the training cache of vision features. None for an in-memory image or an empty record.
+    """
+    try:
+        source = _image_source(value, image_root)
+    except ValueError:  # an empty record; decoding reports it
+        return None
+    if isinstance(source, bytes):
+        return "blake2b:" + hashlib.blake2b(source, digest_size=16).hexdigest()
+    if isinstance(source, str):
+        return "path:" + os.path.abspath(source)
+    return None
+
+
 def _decode_or_skip(value, *, name: str, index: int, image_root: str | None, on_bad_image: str):
     # Decoded by the processor's own function (any PIL mode, 16-bit grey rescaled, to RGB), so that training reads
     # the pixels inference reads; decoded here, per row, so that a broken file is attributed to its row.
@@ -306,7 +324,9 @@ def prepare_dataset(
     image_root: str | None = None,
     on_bad_image: str = "skip",
 ) -> datasets.Dataset:
-    """`dataset` with rows `{image, text_input, text_output}`, computed when read (`with_transform`).
+    """`dataset` with rows `{image, image_id, text_input, text_output}`, computed when read (`with_transform`).
+
+    `image_id` is [`image_identity`] of the source image, computed without decoding it.
 
     Args:
         dataset: a map-style `datasets.Dataset` (for streaming data see [`~mixture.interleave_mixture`]).
@@ -337,15 +357,46 @@ def prepare_dataset(
         out = {column: [] for column in OUTPUT_COLUMNS}
         for position, index in enumerate(batch[INDEX_COLUMN]):
             row = {role: batch[column][position] for role, column in role_to_column.items()}
-            text_input, text_output = recipe.build_texts(row, example_rng(seed, name, index))
+            try:
+                text_input, text_output = recipe.build_texts(row, example_rng(seed, name, index))
+            except (KeyError, TypeError, ValueError, IndexError) as error:
+                raise ValueError(f"Dataset {name!r}, row {index}: {error!r}") from error
             out["image"].append(
                 _decode_or_skip(row["image"], name=name, index=index, image_root=image_root, on_bad_image=on_bad_image)
             )
+            out["image_id"].append(image_identity(row["image"], image_root))
             out["text_input"].append(text_input)
             out["text_output"].append(text_output)
         return out
 
     return dataset.with_transform(transform, columns=[INDEX_COLUMN, *role_to_column.values()])
+
+
+def as_training_dataset(dataset, name: str):
+    """`dataset` as the trainer reads it, checked before the first step.
+
+    A prepared dataset (see [`prepare_dataset`]) passes as it is. A `datasets.Dataset` that is not must already
+    have `image`, `text_input` and `text_output` columns whose texts are all strings (checked now, column by
+    column, without decoding images); it is then read through the `custom` recipe, so that an unreadable image
+    names its dataset and row (skipped and counted, as in prepared datasets). Other datasets pass unchecked.
+    """
+    if not isinstance(dataset, datasets.Dataset) or INDEX_COLUMN in dataset.column_names:
+        return dataset
+    missing = [column for column in RECIPES["custom"].columns.values() if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"Training dataset {name!r} has no column(s) {missing}; its columns are {dataset.column_names}. "
+            f"Prepare it with prepare_dataset(dataset, <recipe>, name={name!r}): a recipe reads your columns."
+        )
+    for column in ("text_input", "text_output"):
+        bad = [(row, value) for row, value in enumerate(dataset[column]) if not isinstance(value, str)]
+        if bad:
+            rows, values = [row for row, _ in bad[:5]], [value for _, value in bad[:5]]
+            raise ValueError(
+                f"Training dataset {name!r}, column {column!r}: {len(bad)} rows are not strings, e.g. rows {rows} "
+                f"hold {values!r}. Fix or drop them (dataset.filter) before training."
+            )
+    return prepare_dataset(dataset, "custom", name=name)
 
 
 def load_source(path_or_id: str, split: str = "train") -> datasets.Dataset:
@@ -368,8 +419,10 @@ __all__ = [
     "HELD_IN_DATASETS",
     "RECIPES",
     "Recipe",
+    "as_training_dataset",
     "caption_texts",
     "conversation_texts",
+    "image_identity",
     "load_source",
     "multiple_choice_texts",
     "passthrough_texts",

@@ -12,29 +12,37 @@ trainer = InstructBlipTrainer(
 trainer.train()
 ```
 
-Everything else (bf16, gradient checkpointing, DDP/FSDP/DeepSpeed through `accelerate`, logging, checkpoints,
+Everything else (bf16, gradient checkpointing, DDP through `accelerate`, logging, checkpoints,
 `push_to_hub`) is `Trainer`'s.
 """
 
 import functools
-import hashlib
 import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.training_args import ParallelMode
 
 from ..evaluation.metrics import answer_metrics
 from .collator import IGNORE_INDEX, InstructBlipDataCollator
 from .mixture import ConcatenatedDatasets, MixtureSampler
+from .recipes import as_training_dataset
+from .vision_cache import VisionFeatureCache
 
 logger = logging.getLogger(__name__)
 
+# Checkpoints are written under this folder of `output_dir`, then renamed into place (see `_save_checkpoint`).
+CHECKPOINT_STAGING_DIR = ".checkpoint-in-progress"
 FREEZE_FLAGS = ("train_vision_model", "train_vision_post_layernorm", "train_qformer", "train_language_projection",
                 "train_language_model")
 
@@ -68,10 +76,11 @@ class InstructBlipTrainingArguments(TrainingArguments):
     train_language_projection: bool = field(default=True, metadata={"help": "Train the Q-Former → LLM projection."})
     train_language_model: bool = field(default=False, metadata={"help": "Train the whole LLM."})
 
-    cache_vision_features: bool = field(
-        default=False,
-        metadata={"help": "Compute the frozen vision encoder once per distinct image and reuse it (no random "
-                  "augmentation; memory grows with the number of images: for small datasets)."},
+    vision_cache_gb: float = field(
+        default=0.0,
+        metadata={"help": "Keep up to this many GB of the frozen vision tower's outputs, keyed by image identity, "
+                  "least recently used first out (0: off). Needs a frozen vision tower and no random augmentation; "
+                  "see VisionFeatureCache."},
     )
 
     # Data. The Q-Former's instruction length is the processor's `qformer_max_length`, in training and inference.
@@ -98,8 +107,23 @@ class InstructBlipTrainingArguments(TrainingArguments):
         if not any(getattr(self, name) for name in FREEZE_FLAGS):
             raise ValueError(f"Every component is frozen ({', '.join(f'{n}=False' for n in FREEZE_FLAGS)}): "
                              "nothing would be trained.")
-        if self.cache_vision_features and self.train_vision_model:
-            raise ValueError("cache_vision_features needs a frozen vision tower (train_vision_model=False).")
+        if self.vision_cache_gb < 0:
+            raise ValueError(f"vision_cache_gb must be >= 0 (0 turns the cache off), got {self.vision_cache_gb}.")
+        if self.vision_cache_gb and self.train_vision_model:
+            raise ValueError("vision_cache_gb needs a frozen vision tower (train_vision_model=False).")
+        if self.fsdp and self.use_cpu:
+            raise ValueError(
+                "fsdp is not applied on CPU: accelerate runs CPU processes as DDP (MULTI_CPU) and would ignore it. "
+                "Drop --fsdp, or run on GPUs."
+            )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.parallel_mode != ParallelMode.DISTRIBUTED:
+            # Without CUDA, `TrainingArguments` sets up distributed training only for `use_cpu`: each of the launched
+            # processes would otherwise train a model of its own and write the same output folder.
+            raise ValueError(
+                f"Launched as {launched} processes, but Trainer would not train them together (DDP): without a GPU "
+                "pass --use_cpu (or launch with `accelerate launch --multi_gpu --num_processes N --use_cpu`)."
+            )
 
     @classmethod
     def from_training_arguments(cls, args: TrainingArguments, **overrides) -> "InstructBlipTrainingArguments":
@@ -126,34 +150,6 @@ def upcast_trainable(model: nn.Module) -> None:
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.is_floating_point():
             parameter.data = parameter.data.float()
-
-
-class FrozenFeatureCache:
-    """Replaces a frozen module's `forward` by a lookup keyed on each input row's bytes.
-
-    The vision encoder's output for an image never changes while it is frozen, so every repeat of the image (the
-    mixture sampler revisits small datasets many times) can skip it. Valid only if the same image always gives the
-    same input (no random augmentation). Memory grows with the number of distinct images (EVA ViT-g: 257 × 1408
-    values each), so this is for small datasets; the module's weights and state dict are untouched.
-    """
-
-    def __init__(self, module: nn.Module):
-        self.compute = module.forward
-        self.features: dict[bytes, torch.Tensor] = {}
-        self.hits = self.misses = 0
-        module.forward = self
-
-    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        keys = [hashlib.blake2b(row.detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
-                for row in hidden_states]
-        missing = [i for i, key in enumerate(keys) if key not in self.features]
-        if missing:
-            with torch.no_grad():
-                computed = self.compute(hidden_states[missing])
-            self.features.update((keys[i], row) for i, row in zip(missing, computed))
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        return torch.stack([self.features[key] for key in keys])
 
 
 def add_lora(model: nn.Module, lora_config) -> None:
@@ -275,6 +271,8 @@ class InstructBlipTrainer(Trainer):
     ):
         if "train_dataset" in kwargs or "eval_dataset" in kwargs:
             raise ValueError("Pass named datasets as train_datasets={name: ds} and eval_datasets={name: ds}.")
+        train_datasets = {name: as_training_dataset(ds, name) for name, ds in (train_datasets or {}).items()}
+        eval_datasets = {name: as_training_dataset(ds, name) for name, ds in (eval_datasets or {}).items()}
         args = args if args is not None else InstructBlipTrainingArguments(output_dir="instructblip-tuned")
         if not isinstance(args, InstructBlipTrainingArguments):
             raise TypeError(
@@ -284,9 +282,8 @@ class InstructBlipTrainer(Trainer):
             )
         self.frozen_modules = freeze_for_instruction_tuning(model, **args.freeze_flags)
         self.vision_cache = None
-        if args.cache_vision_features:
-            # The encoder only: the final LayerNorm after it trains by default.
-            self.vision_cache = FrozenFeatureCache(model.vision_model.encoder)
+        if args.vision_cache_gb > 0:
+            self.vision_cache = VisionFeatureCache(int(args.vision_cache_gb * 1e9))
         if args.bf16 or args.fp16:
             upcast_trainable(model)
         if peft_config is not None:
@@ -308,6 +305,7 @@ class InstructBlipTrainer(Trainer):
                 decoder_only=model.config.use_decoder_only_language_model,
                 max_instruction_length=args.max_instruction_length,
                 max_answer_length=args.max_answer_length,
+                return_image_ids=self.vision_cache is not None,
             )
         if kwargs.get("compute_metrics") is None:
             kwargs["compute_metrics"] = answer_metrics
@@ -355,9 +353,58 @@ class InstructBlipTrainer(Trainer):
         # (no dropout), as in the paper.
         for module in self.frozen_modules:
             module.eval()
+        image_ids = inputs.pop("image_ids", None)
+        if self.vision_cache is not None and model.training:
+            if image_ids is None:
+                raise ValueError(
+                    "vision_cache_gb needs `image_ids` in every batch: use InstructBlipDataCollator (which adds them "
+                    "under the cache) on datasets from prepare_dataset. A collator with random augmentation must "
+                    "not use the cache."
+                )
+            vision_model = self.accelerator.unwrap_model(model).vision_model
+            inputs["image_embeds"] = self.vision_cache.image_embeds(vision_model, inputs.pop("pixel_values"), image_ids)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     # --- checkpoints and model card ----------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        """`Trainer`'s checkpoint, written into a staging folder and renamed to `checkpoint-<step>` only once
+        complete, so that `resume_from_checkpoint=True` never picks a half-written one (full disk, killed job). A
+        failed write removes the staging folder and says which checkpoint failed; earlier ones are untouched.
+        (`Trainer` has no public hook around its checkpoint writes.)"""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root, final = os.path.join(run_dir, CHECKPOINT_STAGING_DIR), os.path.join(run_dir, name)
+        staged = os.path.join(staging_root, name)
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)  # left by a killed run
+        self.accelerator.wait_for_everyone()
+        self._checkpoint_staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
+            shutil.rmtree(staging_root, ignore_errors=True)
+            raise OSError(
+                getattr(error, "errno", None),
+                f"Could not save checkpoint {final}: {getattr(error, 'strerror', None) or error}. Checkpoints saved "
+                f"before it in {run_dir} are complete; free space (or lower save_total_limit) and resume.",
+            ) from error
+        finally:
+            self._checkpoint_staging_root = None
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            shutil.rmtree(final, ignore_errors=True)  # the same step saved again
+            os.rename(staged, final)
+            os.rmdir(staging_root)
+            if self.state.best_model_checkpoint == staged:
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(final, TRAINER_STATE_NAME))
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial):
+        # While a checkpoint is saved, `Trainer` writes it under the staging folder (see `_save_checkpoint`).
+        return getattr(self, "_checkpoint_staging_root", None) or super()._get_output_dir(trial)
 
     def create_model_card(self, *args, **kwargs):
         """`Trainer`'s card (hyper-parameters, evaluation results) plus the training mixture."""
@@ -389,7 +436,6 @@ def mixture_card_section(sampler: MixtureSampler, multipliers: Mapping[str, floa
 
 
 __all__ = [
-    "FrozenFeatureCache",
     "MixtureCheckpointCallback",
     "InstructBlipTrainer",
     "InstructBlipTrainingArguments",
