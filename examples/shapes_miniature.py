@@ -20,8 +20,8 @@ Stage 0 stands in for the paper's base (Vicuna, EVA-CLIP, BLIP-2). Every paramet
 - the LLM's world knowledge: text only, questions of every type (held-out types included) about a scene described
   in text, in the paper's instruction formats, as Vicuna answers questions about any scene it is told about;
 - BLIP-2's image-to-text generation: promptless captioning through the LLM, the Q-Former seeing no instruction;
-- soft-caption alignment: the visual tokens are pulled towards the LLM's embeddings of the scene's caption, so
-  that the LLM reads them as the described scene.
+- optionally (`alignment_weight`, 0 by default), soft-caption alignment: the visual tokens are pulled towards the
+  LLM's embeddings of the scene's caption, so that the LLM reads them as the described scene.
 No question comes with an image in stage 0. Stage 1 is the paper's instruction tuning of the Q-Former side on the
 held-in datasets (`InstructBlipTrainer`); each ablation is stage 1 with one change. Training, stage-0 and
 evaluation scenes come from separate random streams (`seeded`): the evaluation scenes are never trained on.
@@ -353,7 +353,7 @@ def vision_batches(settings: PretrainingSettings):
 
 def pretrain(settings: PretrainingSettings):
     """Stage 0: every parameter, on the LLM's described-scene text (every token), BLIP-2's promptless captioning
-    and soft-caption alignment, summed at each step."""
+    and (if weighted) soft-caption alignment, summed at each step."""
     processor = build_processor()
     tokenizer = processor.tokenizer
     model = build_model(processor, settings.seed).train()
