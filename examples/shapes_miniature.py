@@ -367,15 +367,16 @@ def pretrain(settings: PretrainingSettings):
             pixel_values = processor.image_processor(captioned["image"], return_tensors="pt")["pixel_values"]
             features = model.get_image_features(pixel_values)  # BLIP-2: the Q-Former reads the image only
             captions = captioned["caption"]
-            target = embed(scene_text_ids(tokenizer, captions)).detach()
-            yield {
-                "text": text,
-                "caption": prefixed_language_model_loss(model, tokenizer, features, [""] * len(captions), captions),
-                "alignment": settings.alignment_weight * (features - target).pow(2).mean() / target.pow(2).mean(),
-            }
+            caption_loss = prefixed_language_model_loss(model, tokenizer, features, [""] * len(captions), captions)
+            named = {"text": text, "caption": caption_loss}
+            if settings.alignment_weight:
+                target = embed(scene_text_ids(tokenizer, captions)).detach()
+                alignment = (features - target).pow(2).mean() / target.pow(2).mean()
+                named["alignment"] = settings.alignment_weight * alignment
+            yield named
 
     optimise(model.parameters(), settings.learning_rate, settings.steps, settings.warmup_ratio, losses(),
-             "stage 0: the tiny base (LLM text, BLIP-2 captioning, alignment)")
+             "stage 0: pre-training the tiny base")
     return model.eval(), processor
 
 
