@@ -320,7 +320,7 @@ def main():
           f"{args.repeats} (after {args.warmup} warm-up); {machine()}; torch {torch.__version__}, transformers "
           f"{transformers.__version__}; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at "
           f"the end; {time.perf_counter() - started:.0f} s\n")
-    print(table([row for row in rows if row is not None]))
+    print(table(rows))
 
 
 if __name__ == "__main__":
