@@ -74,11 +74,8 @@ def timed(fn, device) -> float:
 def check_same_results(ours, builtin, inputs):
     with torch.no_grad():
         ours_logits, builtin_logits = ours(**inputs).logits.float(), builtin(**inputs).logits.float()
-    new_tokens = builtin.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-    same_tokens = torch.equal(
-        ours.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False),
-        new_tokens[:, inputs["input_ids"].shape[1] :],
-    )
+    settings = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    same_tokens = torch.equal(ours.generate(**inputs, **settings), builtin.generate(**inputs, **settings))
     return (ours_logits - builtin_logits).abs().max().item(), same_tokens
 
 

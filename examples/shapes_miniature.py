@@ -325,7 +325,8 @@ def exact_match(model, processor, images, prompts, targets, batch_size: int = 10
     for start in range(0, len(images), batch_size):
         inputs = processor(images=images[start : start + batch_size], text=prompts[start : start + batch_size],
                            return_tensors="pt", padding=True)
-        outputs = processor.batch_decode(model.generate(**inputs, max_new_tokens=24), skip_special_tokens=True)
+        output_ids = model.generate(**inputs, max_new_tokens=24)[:, inputs["input_ids"].shape[1] :]  # the answers
+        outputs = processor.batch_decode(output_ids, skip_special_tokens=True)
         correct += sum(words(o) == words(t) for o, t in zip(outputs, targets[start : start + batch_size]))
     return correct / len(images)
 

@@ -367,7 +367,9 @@ def test_converted_model_generates_with_lavis_defaults(converted, request):
     assert model.generation_config.num_beams == 5  # read from the converted generation_config.json
     with torch.no_grad():
         output_ids = model.generate(**inputs, max_new_tokens=3)
-    assert output_ids.shape[0] == 1 and 1 <= output_ids.shape[1] <= 4  # T5 adds its decoder start token
+    prompt_length = inputs["input_ids"].shape[1] if model.config.use_decoder_only_language_model else 0
+    # A decoder-only LLM returns the prompt first; T5 adds its decoder start token.
+    assert output_ids.shape[0] == 1 and 1 <= output_ids.shape[1] - prompt_length <= 4
 
 
 # ---------------------------------------------------------------------------------------------------- Flan-T5

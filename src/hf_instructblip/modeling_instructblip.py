@@ -15,6 +15,7 @@ configuration file next to it.
 """
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_instructblip import InstructBlipConfig, InstructBlipQFormerConfig, InstructBlipVisionConfig
 
@@ -91,6 +92,19 @@ class InstructBlipPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules_strict = ["query_tokens"]
     # Checkpoints written by older transformers versions saved this (now derived) buffer.
     _keys_to_ignore_on_load_unexpected = [r"qformer\.embeddings\.position_ids"]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the bulk of the weights, which `save_pretrained` records as `config.dtype`.
+
+        `PreTrainedModel.dtype` is the first parameter's, here the float32 queries: a bfloat16 model would be saved
+        as float32 and `from_pretrained(..., dtype="auto")` would reload all of it in float32.
+        """
+        numel_by_dtype = Counter()
+        for parameter in self.parameters():
+            if parameter.is_floating_point():
+                numel_by_dtype[parameter.dtype] += parameter.numel()
+        return numel_by_dtype.most_common(1)[0][0]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -377,7 +391,10 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
     def __init__(self, config: InstructBlipConfig):
         super().__init__(config)
         self.vision_model = InstructBlipVisionModel._from_config(config.vision_config)
-        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        # float32 even when built under a half-precision default (`_from_config(config, dtype=torch.bfloat16)`).
+        self.query_tokens = nn.Parameter(
+            torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size, dtype=torch.float32)
+        )
         self.qformer = InstructBlipQFormerModel._from_config(config.qformer_config)
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
         language_model_class = AutoModelForCausalLM if config.use_decoder_only_language_model else AutoModelForSeq2SeqLM
@@ -453,15 +470,26 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         features = self.language_projection(query_outputs.to(self.language_projection.weight.dtype))
         return features.reshape(batch_size, frames * self.config.num_query_tokens, -1)  # (B, T*Nq, Clm)
 
+    def _placeholder_mask(self, input_ids, inputs_embeds) -> torch.BoolTensor:
+        """(B, S): where the `<image>` placeholders are, read from `input_ids`, or without them found as the rows
+        of `inputs_embeds` that equal the placeholder's embedding."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_index
+        placeholder_id = torch.tensor(self.config.image_token_index, device=inputs_embeds.device)
+        placeholder = self.get_input_embeddings()(placeholder_id).to(inputs_embeds.dtype)
+        return (inputs_embeds == placeholder).all(dim=-1)
+
     def _embed_prompt(self, input_ids, image_features, inputs_embeds=None) -> torch.Tensor:
         """Language-model input embeddings with the `<image>` placeholders replaced by the image features.
 
         Every row must hold exactly as many placeholders as there are image features; anything else would shift
         features across rows, so it is an error.
         """
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("Pass input_ids (or inputs_embeds): they carry the prompt and the <image> placeholders.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        placeholders = input_ids == self.config.image_token_index
+        placeholders = self._placeholder_mask(input_ids, inputs_embeds)
         per_row = placeholders.sum(dim=1)
         expected = 0 if image_features is None else image_features.shape[1]
         if (per_row != expected).any():
@@ -487,6 +515,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 "garbage tokens; load it with dtype=torch.bfloat16 or torch.float32."
             )
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -498,6 +527,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         labels: torch.LongTensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> InstructBlipOutput:
         r"""
@@ -511,18 +541,19 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             qformer_input_ids, qformer_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`):
                 the instruction in the Q-Former's vocabulary.
             inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`,
-                *optional*): replaces the embedding lookup of `input_ids`; `input_ids` still locate the placeholders.
+                *optional*): replaces the embedding lookup of `input_ids`. The placeholders are read from
+                `input_ids` when given, else found as the rows equal to the `<image>` token's embedding.
             labels (`torch.LongTensor`, *optional*): decoder-only: shape `(batch_size, sequence_length)`, aligned
                 with `input_ids` and not shifted (the LLM shifts), -100 where no loss is taken (placeholders,
                 instruction, padding). Encoder-decoder: the decoder targets, shape `(batch_size, target_length)`.
             decoder_input_ids, decoder_attention_mask (`torch.LongTensor`, *optional*): encoder-decoder only.
-            kwargs: passed to the language model (e.g. `num_items_in_batch`). The language model is asked for its
-                hidden states (`output_hidden_states=True`) to return `last_hidden_state`; under autograd every
-                layer's output is kept for the backward pass anyway, so this costs memory only without gradients,
-                where `output_hidden_states=False` turns it off.
+            output_hidden_states (`bool`, *optional*): `False` skips the language model's hidden states, and with
+                them `last_hidden_state`; `None` (the default, also what PEFT passes) and `True` keep them, because
+                trainers with a fused LM head (TRL) need `last_hidden_state`. Under autograd every layer's output is
+                kept for the backward pass anyway, so they cost memory only without gradients.
+            return_dict (`bool`, *optional*): `False` returns a tuple of the non-`None` fields.
+            kwargs: passed to the language model (`output_attentions`, `num_items_in_batch`, `use_cache`, ...).
         """
-        if input_ids is None:
-            raise ValueError("input_ids are required: they carry the prompt and the <image> placeholders.")
         self._warn_if_fp16_t5()
         image_features = None
         if pixel_values is not None:
@@ -532,9 +563,13 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         decoder_only = self.config.use_decoder_only_language_model
         if not decoder_only:
             kwargs.update(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
-        kwargs.setdefault("output_hidden_states", True)
         outputs = self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, return_dict=True, **kwargs
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            labels=labels,
+            output_hidden_states=output_hidden_states is not False,
+            return_dict=True,
+            **kwargs,
         )
         hidden_states = outputs.hidden_states if decoder_only else outputs.decoder_hidden_states
         return InstructBlipOutput(
@@ -562,6 +597,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         attention_mask: torch.LongTensor | None = None,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         generation_config=None,
         **generate_kwargs,
     ) -> torch.LongTensor:
@@ -571,34 +607,56 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         the embeddings, so every decoding strategy, `GenerationConfig` and logits processor of `transformers`
         applies. Without `generation_config` the model's own (`generation_config.json`) is used.
 
+        The LLM receives only the embeddings, as in LAVIS, so logits processors (the repetition penalty) see the
+        generated tokens alone, never the prompt.
+
         Returns:
-            `torch.LongTensor` (or a `GenerateOutput` with `return_dict_in_generate=True`): the answer tokens, without
-            the prompt, for both LLM kinds, as LAVIS returns them (`transformers`' built-in echoes the prompt of a
-            decoder-only LLM). An encoder-decoder LLM's output starts with its decoder start token.
+            `torch.LongTensor` (or a `GenerateOutput` with `return_dict_in_generate=True`), by `transformers`'
+            convention: for a decoder-only LLM, `input_ids` followed by the new tokens (the answer is
+            `output[:, input_ids.shape[1]:]`; given `inputs_embeds` alone, the new tokens alone); for an
+            encoder-decoder LLM, the decoder sequence (its start token, then the answer).
         """
         # The checkpoint's generation_config.json is loaded into this model; the LLM generates, so it must see it.
         self.language_model.generation_config = self.generation_config
         if pixel_values is None:
             return self.language_model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **generate_kwargs
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                generation_config=generation_config,
+                **generate_kwargs,
             )
         self._warn_if_fp16_t5()
         image_features = self.get_image_features(pixel_values, qformer_input_ids, qformer_attention_mask)
-        if input_ids is None:
+        if input_ids is None and inputs_embeds is None:
             frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
             input_ids = self._default_prompt_ids(pixel_values.shape[0], frames, image_features.device)
+        inputs_embeds = self._embed_prompt(input_ids, image_features, inputs_embeds)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        # Only embeddings go to the LLM, as in LAVIS: the output is the answer alone, and logits processors such as
-        # the repetition penalty see the generated tokens, not the prompt (transformers warns about exactly that).
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
         with warnings.catch_warnings():
+            # transformers warns that embeddings-only generation penalises only new tokens: that is the intent.
             warnings.filterwarnings("ignore", message=".*apply the penalty only to newly generated tokens.*")
-            return self.language_model.generate(
-                inputs_embeds=self._embed_prompt(input_ids, image_features),
+            output = self.language_model.generate(
+                inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 generation_config=generation_config,
                 **generate_kwargs,
             )
+        if self.config.use_decoder_only_language_model and input_ids is not None:
+            output = _prepend_prompt(output, input_ids)
+        return output
+
+
+def _prepend_prompt(output, input_ids: torch.LongTensor):
+    """Put the prompt in front of embeddings-only generated sequences, one copy per returned sequence."""
+    sequences = output if isinstance(output, torch.Tensor) else output.sequences
+    prompts = input_ids.to(sequences.device).repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
+    sequences = torch.cat([prompts, sequences], dim=1)
+    if isinstance(output, torch.Tensor):
+        return sequences
+    output.sequences = sequences
+    return output
 
 
 __all__ = [

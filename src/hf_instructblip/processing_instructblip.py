@@ -121,8 +121,8 @@ class InstructBlipProcessor(ProcessorMixin):
 
     ```python
     >>> inputs = processor(images=image, text="What is unusual about this image?", return_tensors="pt")
-    >>> output_ids = model.generate(**inputs, max_new_tokens=20)
-    >>> processor.batch_decode(output_ids, skip_special_tokens=True)  # the answers alone
+    >>> output_ids = model.generate(**inputs, max_new_tokens=20)  # decoder-only LLM: the prompt, then the answer
+    >>> processor.batch_decode(output_ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     ```
     """
 
@@ -300,7 +300,12 @@ class InstructBlipProcessor(ProcessorMixin):
         return saved
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
-        """Decode `generate()` outputs (the `<image>` placeholders are special tokens, so they are skipped)."""
+        """Decode `generate()` outputs (the `<image>` placeholders are special tokens, so they are skipped).
+
+        For a decoder-only LLM, `generate()` returns the prompt followed by the answer: decode
+        `output_ids[:, input_ids.shape[1]:]` for the answer alone. The image-text-to-text pipeline does that with
+        `return_full_text=False` (it cuts the decoded prompt off; the answer keeps its separating space).
+        """
         return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
 

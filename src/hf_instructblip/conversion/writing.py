@@ -143,6 +143,8 @@ model = InstructBlipForConditionalGeneration.from_pretrained(MODEL_DIR)
 processor = InstructBlipProcessor.from_pretrained(MODEL_DIR)
 inputs = processor(images=image, text="What is unusual about this image?", return_tensors="pt")
 output_ids = model.generate(**inputs)  # LAVIS's defaults: beam search (5 beams), repetition penalty 1.5
+if model.config.use_decoder_only_language_model:  # the prompt, then the answer
+    output_ids = output_ids[:, inputs["input_ids"].shape[1]:]
 print(processor.batch_decode(output_ids, skip_special_tokens=True))  # the answer alone
 ```
 

@@ -1,0 +1,118 @@
+"""The conventions third-party code relies on: output flags, PEFT task wrappers, saved dtype, generate's inputs."""
+
+import pytest
+import torch
+
+import tiny
+from hf_instructblip import InstructBlipForConditionalGeneration
+
+
+def batch(kind, with_labels=False):
+    processor = tiny.processor(kind)
+    texts = ["what is in the image?", "describe it"]
+    inputs = processor(images=[tiny.image(0), tiny.image(1)], text=texts, padding=True, return_tensors="pt")
+    if kind == "t5":
+        inputs["decoder_input_ids"] = torch.tensor([[0, 5, 9, 7], [0, 11, 4, 6]])
+        if with_labels:
+            inputs["labels"] = torch.tensor([[5, 9, 7, 1], [11, 4, 6, 1]])
+    elif with_labels:
+        inputs["labels"] = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+        inputs["labels"][:, : tiny.NUM_QUERY_TOKENS] = -100
+    return inputs
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_forward_honours_return_dict_and_output_flags(kind):
+    model = tiny.model(kind)
+    model.set_attn_implementation("eager")  # SDPA computes no attention weights
+    inputs = batch(kind, with_labels=True)
+    with torch.no_grad():
+        as_dict = model(**inputs)
+        as_tuple = model(**inputs, return_dict=False)
+        unset = model(**inputs, output_hidden_states=None, output_attentions=None, return_dict=None)
+        with_attentions = model(**inputs, output_attentions=True)
+        without_hidden = model(**inputs, output_hidden_states=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+    # None is what PEFT passes; TRL's fused LM head still needs the final hidden states.
+    torch.testing.assert_close(unset.last_hidden_state, as_dict.last_hidden_state)
+    assert without_hidden.last_hidden_state is None
+    attentions = with_attentions.language_model_outputs
+    attentions = attentions.attentions if kind == "llama" else attentions.decoder_attentions
+    assert len(attentions) == 2 and as_dict.language_model_outputs.get("attentions") is None
+
+
+@pytest.mark.parametrize("kind, task_type, targets", [("llama", "CAUSAL_LM", ["q_proj", "v_proj"]),
+                                                      ("t5", "SEQ_2_SEQ_LM", ["q", "v"])])
+def test_peft_task_wrappers_train_save_and_reload_with_the_same_logits(kind, task_type, targets, tmp_path):
+    """PEFT's CAUSAL_LM / SEQ_2_SEQ_LM wrappers pass `return_dict`, `output_attentions` and
+    `output_hidden_states=None` explicitly (TRL's `--use_peft` goes through them)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    model = get_peft_model(tiny.model(kind), LoraConfig(task_type=task_type, r=4, lora_alpha=8,
+                                                        target_modules=targets))
+    inputs = batch(kind, with_labels=True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(3):
+        outputs = model(**inputs)
+        assert outputs.last_hidden_state is not None
+        outputs.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(outputs.loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny.model(kind), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, expected, rtol=0, atol=0)
+        untrained = tiny.model(kind)(**inputs).logits
+    assert not torch.allclose(untrained, expected)
+    assert reloaded.generate(**batch(kind), max_new_tokens=2).shape[0] == 2
+
+
+def test_bfloat16_model_saves_bfloat16_and_reloads_so_with_dtype_auto(tmp_path):
+    model = InstructBlipForConditionalGeneration.from_pretrained(_saved(tmp_path / "fp32"), dtype=torch.bfloat16)
+    assert model.query_tokens.dtype == torch.float32  # the first parameter, and the odd one out
+    assert model.dtype == torch.bfloat16
+    model.save_pretrained(tmp_path / "bf16")
+    reloaded = InstructBlipForConditionalGeneration.from_pretrained(tmp_path / "bf16", dtype="auto")
+    assert reloaded.config.dtype == torch.bfloat16
+    assert reloaded.language_model.dtype == reloaded.vision_model.dtype == torch.bfloat16
+    assert reloaded.query_tokens.dtype == torch.float32
+
+
+def test_construction_in_half_precision_keeps_the_queries_float32():
+    config = tiny.model("llama").config
+    for dtype in (torch.bfloat16, torch.float16):
+        model = InstructBlipForConditionalGeneration._from_config(config, dtype=dtype)
+        assert model.query_tokens.dtype == torch.float32
+        assert model.language_projection.weight.dtype == model.language_model.dtype == dtype
+
+
+def _saved(directory):
+    tiny.model("llama").save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_generate_takes_inputs_embeds(kind):
+    """`inputs_embeds` replace the embedding lookup; the placeholders are found by their embedding when no
+    `input_ids` are given, and the output is then the new tokens alone (the LLM's own convention)."""
+    model = tiny.model(kind)
+    inputs = batch(kind)
+    inputs.pop("decoder_input_ids", None)
+    settings = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    reference = model.generate(**inputs, **settings)
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    with_ids = model.generate(**inputs, inputs_embeds=embeds, **settings)
+    inputs_embeds_only = {k: v for k, v in inputs.items() if k != "input_ids"}
+    without_ids = model.generate(**inputs_embeds_only, inputs_embeds=embeds, **settings)
+    assert torch.equal(with_ids, reference)
+    new_tokens = reference[:, inputs["input_ids"].shape[1] :] if kind == "llama" else reference
+    assert torch.equal(without_ids, new_tokens)
