@@ -239,7 +239,8 @@ def pretrain(settings: PretrainingSettings):
     model = build_model(processor, settings.seed).train()
     captions = task_rows("caption", settings.caption_examples, settings.seed + 1)
     texts = pretraining_texts(settings.text_examples, settings.seed + 2)
-    collator = InstructBlipDataCollator(processor)
+    # Stage 0 has no instruction and captions of at most ~20 words: neither limit ever truncates.
+    collator = InstructBlipDataCollator(processor, max_instruction_length=32, max_answer_length=64)
     tokenizer = processor.tokenizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.05)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * settings.steps), settings.steps)

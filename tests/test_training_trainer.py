@@ -5,21 +5,18 @@ import os
 import shutil
 
 import datasets
-import numpy as np
 import pytest
 import tiny
 import torch
 from launch import run_script
 from safetensors.torch import load_file
-from transformers import EvalPrediction, TrainingArguments
+from transformers import TrainingArguments
 
 from hf_instructblip.training.collator import InstructBlipDataCollator
 from hf_instructblip.training.recipes import prepare_dataset
 from hf_instructblip.training.trainer import (
-    MIXTURE_STATE_FILE,
     InstructBlipTrainer,
     InstructBlipTrainingArguments,
-    answer_metrics,
     freeze_for_instruction_tuning,
     predicted_answer_tokens,
 )
@@ -109,14 +106,6 @@ def test_loss_decreases(tmp_path, kind):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
 
-def test_answer_metrics_exact_values():
-    labels = np.array([[-100, 5, 6, 2], [-100, -100, 7, 2], [-100, -100, -100, -100]])
-    predictions = np.array([[9, 5, 0, 2], [1, 1, 7, 2], [4, 4, 4, 4]])
-    metrics = answer_metrics(EvalPrediction(predictions=predictions, label_ids=labels))
-    # 4 of the 5 answer tokens right; row 0 misses one, row 1 is exact; row 2 has no answer and is not counted.
-    assert metrics == {"answer_token_accuracy": 0.8, "answer_exact_match": 0.5}
-
-
 def test_predictions_are_aligned_with_unshifted_decoder_only_labels():
     logits = torch.nn.functional.one_hot(torch.tensor([[3, 1, 4, 1]]), num_classes=6).float()
     labels = torch.tensor([[-100, 3, 1, 4]])
@@ -150,17 +139,42 @@ def test_per_dataset_eval_losses_and_answer_metrics(tmp_path, kind):
         assert metrics[f"eval_{name}_answer_exact_match"] == pytest.approx(exact)
 
 
-def test_plain_training_arguments_get_the_paper_freezing(tmp_path):
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+def test_plain_training_arguments_are_refused_and_converted_explicitly(tmp_path):
+    plain = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, learning_rate=3e-4,
+                              lr_scheduler_type="linear")
+    with pytest.raises(TypeError, match=r"got TrainingArguments\. Convert it explicitly.*from_training_arguments"):
+        InstructBlipTrainer(model=tiny.model("llama"), args=plain, processing_class=tiny.processor("llama"),
+                            train_datasets={"colour": dataset("colour", 4)})
+    args = InstructBlipTrainingArguments.from_training_arguments(plain, mixture_alpha=0.3)
+    # The plain arguments' own values stay (not the paper's 1e-5 / cosine); the InstructBLIP fields get theirs.
+    assert (args.learning_rate, args.lr_scheduler_type.value, args.weight_decay) == (3e-4, "linear", 0.0)
+    assert (args.mixture_alpha, args.max_instruction_length, args.max_answer_length) == (0.3, 128, 256)
+    assert args.remove_unused_columns is False
     run = InstructBlipTrainer(model=tiny.model("llama"), args=args, processing_class=tiny.processor("llama"),
                               train_datasets={"colour": dataset("colour", 4)})
     assert all(name.startswith(PAPER_TRAINABLE_PREFIXES) for name in trainable_names(run.model))
+    assert (run.data_collator.max_instruction_length, run.mixture_sampler.alpha) == (128, 0.3)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("mixture_alpha", -1.0, "mixture_alpha must be a finite number >= 0"),
+    ("max_answer_length", 1, "max_answer_length must be >= 2"),
+    ("remove_unused_columns", True, "needs remove_unused_columns=False"),
+    ("cache_vision_features", True, "needs a frozen vision tower"),
+])
+def test_training_arguments_are_validated_when_built(tmp_path, field, value, message):
+    extra = {"train_vision_model": True} if field == "cache_vision_features" else {}
+    with pytest.raises(ValueError, match=message):
+        InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], **{field: value}, **extra)
+    with pytest.raises(ValueError, match="nothing would be trained"):
+        InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], train_qformer=False,
+                                      train_language_projection=False, train_vision_post_layernorm=False)
 
 
 def test_resume_continues_the_same_stream_and_reaches_the_same_weights(tmp_path):
     def run(output_dir, resume=None):
         seen = []
-        collator = InstructBlipDataCollator(tiny.processor("llama"))
+        collator = InstructBlipDataCollator(tiny.processor("llama"), max_instruction_length=128, max_answer_length=256)
 
         def recording_collator(examples):
             seen.append([example["text_input"] for example in examples])
@@ -177,7 +191,8 @@ def test_resume_continues_the_same_stream_and_reaches_the_same_weights(tmp_path)
 
     full, full_batches = run(tmp_path / "full")
     checkpoint = tmp_path / "full" / "out" / "checkpoint-3"
-    assert json.loads((checkpoint / MIXTURE_STATE_FILE).read_text())["sizes"] == {"colour": 12, "shape": 3}
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert saved["MixtureCheckpointCallback"]["attributes"]["mixture"]["sizes"] == {"colour": 12, "shape": 3}
     interrupted = tmp_path / "interrupted.ckpt"
     shutil.copytree(checkpoint, interrupted)  # what an interrupted run leaves behind
     resumed, resumed_batches = run(tmp_path / "resumed", resume=str(interrupted))
@@ -253,7 +268,7 @@ def test_trl_sft_trainer_on_chat_data_builds_the_lavis_layout_and_trains(tmp_pat
     rows = [{"image": tiny.image(int(text.split()[1][:-1])), "text_input": text, "text_output": "red"}
             for text in processor.qformer_tokenizer.batch_decode(trl_batch["qformer_input_ids"],
                                                                    skip_special_tokens=True)]
-    ours = InstructBlipDataCollator(processor)(rows)
+    ours = InstructBlipDataCollator(processor, max_instruction_length=128, max_answer_length=256)(rows)
     # TRL's collator pads on the right like ours here; same tokens, same loss positions, same Q-Former instruction.
     for key in ("input_ids", "labels", "qformer_input_ids", "pixel_values"):
         torch.testing.assert_close(trl_batch[key], ours[key], rtol=0, atol=1e-6, msg=key)
@@ -273,7 +288,8 @@ def test_trl_sft_trainer_on_chat_data_builds_the_lavis_layout_and_trains(tmp_pat
 def test_trl_sft_trainer_takes_the_lavis_collator(tmp_path):
     model, processor = tiny.model("llama"), tiny.processor("llama")
     freeze_for_instruction_tuning(model)
-    sft = sft_trainer(tmp_path, model, processor, dataset("colour", 8), InstructBlipDataCollator(processor),
+    sft = sft_trainer(tmp_path, model, processor, dataset("colour", 8),
+                      InstructBlipDataCollator(processor, max_instruction_length=128, max_answer_length=256),
                       remove_unused_columns=False)
     before = model.query_tokens.detach().clone()
     sft.train()
@@ -299,9 +315,7 @@ def test_lora_on_the_language_model_trains_adapters_and_merges_into_a_plain_chec
         "lora_" in name or name.startswith(PAPER_TRAINABLE_PREFIXES) for name in names
     )
     run.train()
-    batch = InstructBlipDataCollator(tiny.processor(kind), decoder_only=kind == "llama")(
-        [dataset("colour", 2)[i] for i in range(2)]
-    )
+    batch = run.data_collator([dataset("colour", 2)[i] for i in range(2)])
     with torch.no_grad():
         expected = run.model.eval()(**batch).logits
     merge_lora(run.model)

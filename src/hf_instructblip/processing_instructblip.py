@@ -3,6 +3,8 @@
 The instruction is tokenized twice: by the LLM tokenizer (after `num_query_tokens` `<image>` placeholders per
 image or frame) and by the Q-Former's BERT tokenizer, truncated from the left at `qformer_max_length` tokens as in
 LAVIS (the end of an instruction carries the question). Images go through `transformers`' BLIP image processor.
+Training builds its inputs through this same path (`hf_instructblip.training`'s collator calls `__call__` and adds
+only the answer), so what the model reads is the same in training and at inference.
 
 This file ships to the Hub (`trust_remote_code`): it imports only `transformers`, `PIL`, `numpy` and `torch`.
 """
@@ -99,6 +101,17 @@ def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
+def _truncate_left(ids: list[int], special_mask: list[int], max_length: int) -> list[int]:
+    """Drop tokens from the start of the text, keeping its leading special tokens (`<s>`)."""
+    excess = len(ids) - max_length
+    if excess <= 0:
+        return list(ids)
+    leading = next((i for i, special in enumerate(special_mask) if not special), len(ids))
+    if leading >= max_length:
+        raise ValueError(f"llm_max_length={max_length} leaves no room after {leading} leading special tokens.")
+    return list(ids[:leading]) + list(ids[leading + excess :])
+
+
 class InstructBlipProcessor(ProcessorMixin):
     r"""Builds InstructBLIP inputs from images (or videos) and instructions.
 
@@ -110,7 +123,8 @@ class InstructBlipProcessor(ProcessorMixin):
         qformer_tokenizer: the Q-Former's BERT tokenizer.
         num_query_tokens (`int`, defaults to 32): placeholders per image or video frame; equal to the model's.
         qformer_max_length (`int`, defaults to 128): the Q-Former text is truncated from the left to this many
-            tokens (LAVIS's `max_txt_len`), with a warning. The LLM text is not truncated unless asked to.
+            tokens (LAVIS's `max_txt_len`), with a warning, in training and at inference alike. The LLM text is
+            truncated only when a call passes `llm_max_length` (LAVIS truncates it in training only).
         chat_template (`str`, *optional*): defaults to a template that joins the messages' text.
 
     Returns from `__call__` a `BatchFeature` with `input_ids`, `attention_mask`, `qformer_input_ids`,
@@ -157,7 +171,9 @@ class InstructBlipProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "qformer_input_ids", "qformer_attention_mask", "pixel_values"]
 
-    def __call__(self, images=None, text=None, videos=None, qformer_text=None, **kwargs) -> BatchFeature:
+    def __call__(
+        self, images=None, text=None, videos=None, qformer_text=None, llm_max_length: int | None = None, **kwargs
+    ) -> BatchFeature:
         """Process `images` (one or a list) or `videos` (a list of videos, each a list of frames), and `text`
         (one instruction or a list, one per image or video).
 
@@ -165,6 +181,11 @@ class InstructBlipProcessor(ProcessorMixin):
         LLM's text: the instruction alone when `text` also holds the answer (the chat template's training path).
         It defaults to `text` without the LLM tokenizer's special tokens (a chat-rendered prompt starts with `<s>`),
         which mean nothing to the Q-Former's BERT tokenizer.
+
+        `llm_max_length` truncates each LLM text from the left to that many tokens (the placeholders not counted;
+        a leading `<s>` is kept), as LAVIS's training does with `max_txt_len`: the end of an instruction carries its
+        question. The rows then come back unpadded, so it cannot be combined with `padding`, `truncation` or
+        `max_length`.
         """
         if images is not None and videos is not None:
             raise ValueError("Pass either images or videos, not both.")
@@ -195,7 +216,9 @@ class InstructBlipProcessor(ProcessorMixin):
             qformer_text = [self._without_llm_special_tokens(t) for t in qformer_text]
             if len(qformer_text) != len(text):
                 raise ValueError(f"Got {len(text)} texts but {len(qformer_text)} qformer_text: pass one of each.")
-            llm_inputs = self._tokenize_llm(text, frames * self.num_query_tokens, output_kwargs["text_kwargs"])
+            llm_inputs = self._tokenize_llm(
+                text, frames * self.num_query_tokens, output_kwargs["text_kwargs"], llm_max_length
+            )
             qformer_inputs = self._tokenize_qformer(qformer_text, output_kwargs["text_kwargs"])
             encoding.update(llm_inputs, qformer_input_ids=qformer_inputs["input_ids"],
                             qformer_attention_mask=qformer_inputs["attention_mask"])
@@ -238,8 +261,12 @@ class InstructBlipProcessor(ProcessorMixin):
             text = text.replace(token, " ")
         return text.strip()
 
-    def _tokenize_llm(self, text: list[str], num_placeholders: int, text_kwargs: dict) -> dict:
-        llm = dict(self.tokenizer(text, **text_kwargs))
+    def _tokenize_llm(
+        self, text: list[str], num_placeholders: int, text_kwargs: dict, max_length: int | None = None
+    ) -> dict:
+        llm = dict(self.tokenizer(text, **text_kwargs)) if max_length is None else (
+            self._tokenize_llm_truncated(text, text_kwargs, max_length)
+        )
         if num_placeholders:
             # The placeholders come first, in front of BOS and (with left padding) of the padding, as in LAVIS
             # where the query embeddings are concatenated before the tokenized prompt. Offsets (asked for by the
@@ -250,6 +277,22 @@ class InstructBlipProcessor(ProcessorMixin):
                     llm[key] = [[prefix] * num_placeholders + list(row) for row in llm[key]]
         return llm
 
+    def _tokenize_llm_truncated(self, text: list[str], text_kwargs: dict, max_length: int) -> dict:
+        combined = [key for key in ("padding", "truncation", "max_length", "return_offsets_mapping") if text_kwargs.get(key)]
+        if combined:
+            raise ValueError(f"llm_max_length returns unpadded, left-truncated rows; do not combine it with {combined}.")
+        encoded = self.tokenizer(text, return_special_tokens_mask=True, **text_kwargs)
+        rows = [
+            _truncate_left(ids, special, max_length)
+            for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"])
+        ]
+        if any(len(row) < len(ids) for row, ids in zip(rows, encoded["input_ids"])):
+            logger.warning_once(
+                f"Some LLM texts are longer than llm_max_length={max_length} tokens; the LLM reads only their last "
+                "tokens (LAVIS truncates its training instructions from the left too)."
+            )
+        return {"input_ids": rows, "attention_mask": [[1] * len(row) for row in rows]}
+
     def _tokenize_qformer(self, text: list[str], text_kwargs: dict) -> dict:
         # Length limits and padding side are the LLM's; `add_special_tokens=False` (TRL passes it for chat-rendered
         # LLM prompts, whose template already holds bos) must not strip the Q-Former's [CLS]/[SEP], which LAVIS
@@ -257,11 +300,11 @@ class InstructBlipProcessor(ProcessorMixin):
         llm_only = ("max_length", "truncation", "padding_side", "add_special_tokens", "return_offsets_mapping")
         kwargs = {k: v for k, v in text_kwargs.items() if k not in llm_only}
         lengths = [len(ids) for ids in self.qformer_tokenizer(text, add_special_tokens=True)["input_ids"]]
-        too_long = [i for i, length in enumerate(lengths) if length > self.qformer_max_length]
-        if too_long:
-            logger.warning(
-                f"Instructions {too_long} are longer than qformer_max_length={self.qformer_max_length} Q-Former "
-                "tokens; the Q-Former reads only their last tokens (LAVIS truncates from the left too)."
+        if any(length > self.qformer_max_length for length in lengths):
+            # Once per process: a training run meets long instructions in many batches (its collator counts them).
+            logger.warning_once(
+                f"Some instructions are longer than qformer_max_length={self.qformer_max_length} Q-Former tokens; "
+                "the Q-Former reads only their last tokens (LAVIS truncates from the left too)."
             )
         return self.qformer_tokenizer(
             text, truncation=True, max_length=self.qformer_max_length, add_special_tokens=True, **kwargs

@@ -11,7 +11,6 @@ from .trainer import (
     InstructBlipTrainer,
     InstructBlipTrainingArguments,
     add_lora,
-    answer_metrics,
     freeze_for_instruction_tuning,
     merge_lora,
 )
@@ -25,7 +24,6 @@ __all__ = [
     "MixtureSampler",
     "Recipe",
     "add_lora",
-    "answer_metrics",
     "freeze_for_instruction_tuning",
     "interleave_mixture",
     "load_source",

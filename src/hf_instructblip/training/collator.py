@@ -1,6 +1,7 @@
-"""Batches of `{image, text_input, text_output}` → model inputs with LAVIS's loss layout."""
+"""Batches of `{image, text_input, text_output}` → model inputs with LAVIS's loss layout, through the processor."""
 
 import logging
+import multiprocessing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,20 +10,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-
-
-def truncate_left(ids: list[int], special_mask: list[int], max_length: int) -> list[int]:
-    """Drop tokens from the start of the text, keeping leading special tokens (`<s>`, `[CLS]`).
-
-    The end of an instruction carries the question ("... Question: what colour? Short answer:"), so LAVIS keeps it.
-    """
-    excess = len(ids) - max_length
-    if excess <= 0:
-        return ids
-    leading = next((i for i, special in enumerate(special_mask) if not special), len(ids))
-    if leading >= max_length:
-        raise ValueError(f"max_length={max_length} leaves no room after {leading} leading special tokens.")
-    return ids[:leading] + ids[leading + excess :]
+TRUNCATION_COUNTERS = ("instructions", "qformer_instructions", "answers")
 
 
 def pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -31,10 +19,20 @@ def pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
 
 
+def _shared_counters():
+    # Shared memory with its own lock: DataLoader workers (forked or spawned) receive the collator as a Process
+    # argument, so their counts add up where the main process reads them.
+    return multiprocessing.get_context("spawn").Array("q", len(TRUNCATION_COUNTERS))
+
+
 @dataclass
 class InstructBlipDataCollator:
-    """Builds InstructBLIP training batches the way LAVIS does: the instruction goes to both the Q-Former and the
-    LLM, the loss is taken on the answer tokens and the end-of-sequence token only.
+    """Builds InstructBLIP training batches the way LAVIS does, from the processor's own inference inputs.
+
+    The processor turns the images and instructions into exactly what it gives at inference (`pixel_values`, the
+    placeholders + instruction ids, the Q-Former's instruction ids, truncated from the left at its
+    `qformer_max_length`); the collator adds only the answer ids and the `-100` loss layout: the loss is taken on
+    the answer tokens and the end-of-sequence token only.
 
     With 2 query tokens, `text_input="What is it?"`, `text_output="a cat"`, a second, shorter example, and right
     padding (`P` = pad id):
@@ -58,22 +56,23 @@ class InstructBlipDataCollator:
     ```
 
     and in both cases `qformer_input_ids` = `[CLS] what is it? [SEP]` (+ padding, `qformer_attention_mask` 0 there).
-    The instruction is truncated from the left to `max_instruction_length` LLM (and Q-Former) tokens, the answer
-    from the right to `max_answer_length` tokens including `</s>`, as LAVIS's `max_txt_len` / `max_output_txt_len`.
+    The LLM instruction is truncated from the left to `max_instruction_length` tokens (by the processor's
+    `llm_max_length`), the answer from the right to `max_answer_length` tokens including `</s>`, as LAVIS's
+    `max_txt_len` / `max_output_txt_len`. `truncated` counts the examples cut, summed over DataLoader workers.
     Examples whose image could not be read (`image=None`, already warned about by the recipe) are left out.
 
     Args:
-        processor: an [`InstructBlipProcessor`] (image processor, LLM and Q-Former tokenizers, `num_query_tokens`).
+        processor: an [`InstructBlipProcessor`].
         decoder_only: the model's `config.use_decoder_only_language_model`.
+        max_instruction_length, max_answer_length: [`InstructBlipTrainingArguments`] holds their defaults (128,
+            256) and passes them; given by hand, they are required.
     """
 
     processor: Any
+    max_instruction_length: int
+    max_answer_length: int
     decoder_only: bool = True
-    max_instruction_length: int = 128
-    max_answer_length: int = 256
-    truncated: dict = field(
-        default_factory=lambda: {"instructions": 0, "qformer_instructions": 0, "answers": 0}, init=False
-    )
+    _counts: Any = field(default_factory=_shared_counters, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         tokenizer = self.processor.tokenizer
@@ -86,67 +85,76 @@ class InstructBlipDataCollator:
         if self.max_answer_length < 2 or self.max_instruction_length < 2:
             raise ValueError("max_instruction_length and max_answer_length must be >= 2.")
 
+    @property
+    def truncated(self) -> dict[str, int]:
+        """Examples truncated so far, per kind, in this process and its DataLoader workers."""
+        with self._counts.get_lock():
+            return dict(zip(TRUNCATION_COUNTERS, self._counts[:]))
+
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         examples = [example for example in examples if example["image"] is not None]
         if not examples:
             raise ValueError("Every example of this batch had an unreadable image; see the warnings above.")
         instructions = [example["text_input"] for example in examples]
-        answers = [example["text_output"] for example in examples]
-
-        batch = self._language_model_inputs(instructions, answers)
-        qformer_ids = self._instruction_ids(self.processor.qformer_tokenizer, instructions, "qformer_instructions")
-        batch["qformer_input_ids"] = pad(qformer_ids, self.processor.qformer_tokenizer.pad_token_id)
-        batch["qformer_attention_mask"] = pad([[1] * len(ids) for ids in qformer_ids], 0)
-        images = [example["image"] for example in examples]
-        batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        inputs = self.processor(
+            images=[example["image"] for example in examples],
+            text=instructions,
+            llm_max_length=self.max_instruction_length,
+        )
+        self._count_instruction_truncation(instructions, inputs)
+        batch = self._language_model_inputs(inputs["input_ids"], self._answer_ids(examples))
+        batch["qformer_input_ids"] = pad(inputs["qformer_input_ids"], self.processor.qformer_tokenizer.pad_token_id)
+        batch["qformer_attention_mask"] = pad(inputs["qformer_attention_mask"], 0)
+        batch["pixel_values"] = torch.as_tensor(inputs["pixel_values"])
         return batch
 
-    def _language_model_inputs(self, instructions: list[str], answers: list[str]) -> dict[str, torch.Tensor]:
-        tokenizer = self.processor.tokenizer
-        placeholders = [self.processor.image_token_id] * self.processor.num_query_tokens
-        prompts = [placeholders + ids for ids in self._instruction_ids(tokenizer, instructions, "instructions")]
-        targets = self._answer_ids(answers)
+    def _language_model_inputs(self, prompts: list[list[int]], targets: list[list[int]]) -> dict[str, torch.Tensor]:
+        pad_id = self.processor.tokenizer.pad_token_id
         if self.decoder_only:
             sequences = [prompt + target for prompt, target in zip(prompts, targets)]
             labels = [[IGNORE_INDEX] * len(prompt) + target for prompt, target in zip(prompts, targets)]
             return {
-                "input_ids": pad(sequences, tokenizer.pad_token_id),
+                "input_ids": pad(sequences, pad_id),
                 "attention_mask": pad([[1] * len(ids) for ids in sequences], 0),
                 "labels": pad(labels, IGNORE_INDEX),
             }
         return {
-            "input_ids": pad(prompts, tokenizer.pad_token_id),
+            "input_ids": pad(prompts, pad_id),
             "attention_mask": pad([[1] * len(ids) for ids in prompts], 0),
             "labels": pad(targets, IGNORE_INDEX),
             "decoder_attention_mask": pad([[1] * len(ids) for ids in targets], 0),
         }
 
-    def _instruction_ids(self, tokenizer, instructions: list[str], counter: str) -> list[list[int]]:
-        encoded = tokenizer(instructions, add_special_tokens=True, return_special_tokens_mask=True)
-        rows = []
-        for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"]):
-            rows.append(truncate_left(ids, special, self.max_instruction_length))
-            self._count_truncation(counter, len(ids) > len(rows[-1]), self.max_instruction_length)
-        return rows
-
-    def _answer_ids(self, answers: list[str]) -> list[list[int]]:
+    def _answer_ids(self, examples: list[dict]) -> list[list[int]]:
         tokenizer = self.processor.tokenizer
         rows = []
-        for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]:
+        for ids in tokenizer([example["text_output"] for example in examples], add_special_tokens=False)["input_ids"]:
             kept = ids[: self.max_answer_length - 1]
-            self._count_truncation("answers", len(kept) < len(ids), self.max_answer_length)
+            self._count("answers", len(kept) < len(ids), self.max_answer_length)
             rows.append(kept + [tokenizer.eos_token_id])
         return rows
 
-    def _count_truncation(self, what: str, happened: bool, limit: int) -> None:
+    def _count_instruction_truncation(self, instructions: list[str], inputs) -> None:
+        # The processor truncated; the untruncated lengths, measured here, only tell how often.
+        processor = self.processor
+        llm_lengths = [len(ids) for ids in processor.tokenizer(instructions)["input_ids"]]
+        qformer_lengths = [len(ids) for ids in processor.qformer_tokenizer(instructions)["input_ids"]]
+        for llm_length, qformer_length in zip(llm_lengths, qformer_lengths):
+            self._count("instructions", llm_length > self.max_instruction_length, self.max_instruction_length)
+            self._count("qformer_instructions", qformer_length > processor.qformer_max_length,
+                        processor.qformer_max_length)
+
+    def _count(self, what: str, happened: bool, limit: int) -> None:
         if not happened:
             return
-        self.truncated[what] += 1
-        if self.truncated[what] == 1:
+        with self._counts.get_lock():
+            self._counts[TRUNCATION_COUNTERS.index(what)] += 1
+            first = self._counts[TRUNCATION_COUNTERS.index(what)] == 1
+        if first:
             logger.warning(
                 "Truncating %s longer than %d tokens (LAVIS does the same); `collator.truncated` counts them.",
                 what, limit,
             )
 
 
-__all__ = ["IGNORE_INDEX", "InstructBlipDataCollator", "pad", "truncate_left"]
+__all__ = ["IGNORE_INDEX", "InstructBlipDataCollator", "pad"]

@@ -13,11 +13,12 @@ vqav2[0]  # e.g. {"image": <PIL.Image>, "text_input": "Q: What is this photo tak
 ```
 
 Column names default to the schema of the public copy named in each recipe's `source`; pass
-`columns={"answers": "my_answers"}` to read another schema. An unreadable image does not crash a long run: its row
-comes back with `image=None` and a counted warning (the collator drops it), unless `on_bad_image="raise"`.
+`columns={"answers": "my_answers"}` to read another schema. Images are decoded by the processor's own `to_rgb` (the
+function inference uses), so training sees the pixels inference sees. An unreadable image does not crash a long
+run: its row comes back with `image=None` and a counted warning (the collator drops it), unless
+`on_bad_image="raise"`.
 """
 
-import io
 import logging
 import os
 from collections import Counter
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
-import PIL.Image
+
+from ..processing_instructblip import to_rgb
 
 from .templates import (
     caption_instruction,
@@ -240,26 +242,23 @@ HELD_IN_DATASETS = (
 BAD_IMAGE_COUNTS: Counter = Counter()
 
 
-def decode_image(value, image_root: str | None = None) -> PIL.Image.Image:
-    """RGB image from a `datasets.Image` record (`{"bytes", "path"}`), a path, or a PIL image."""
-    if isinstance(value, PIL.Image.Image):
-        return value.convert("RGB")
+def _image_source(value, image_root: str | None):
+    """What the processor decodes: the bytes or path of a `datasets.Image` record, a path joined to `image_root`."""
     if isinstance(value, Mapping):
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-    else:
-        source = value
-    if isinstance(source, str) and image_root and not os.path.isabs(source):
-        source = os.path.join(image_root, source)
-    if source is None:
-        raise ValueError("the image record holds neither bytes nor a path")
-    with PIL.Image.open(source) as image:
-        return image.convert("RGB")
+        value = value.get("bytes") or value.get("path")
+        if value is None:
+            raise ValueError("the image record holds neither bytes nor a path")
+    if isinstance(value, str) and image_root and not os.path.isabs(value):
+        value = os.path.join(image_root, value)
+    return value
 
 
 def _decode_or_skip(value, *, name: str, index: int, image_root: str | None, on_bad_image: str):
+    # Decoded by the processor's own function (any PIL mode, 16-bit grey rescaled, to RGB), so that training reads
+    # the pixels inference reads; decoded here, per row, so that a broken file is attributed to its row.
     try:
-        return decode_image(value, image_root)
-    except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three for broken files
+        return to_rgb(_image_source(value, image_root), f"image of row {index} of dataset {name!r}")
+    except ValueError as error:
         if on_bad_image == "raise":
             raise ValueError(f"Unreadable image in dataset {name!r}, row {index}: {error}") from error
         BAD_IMAGE_COUNTS[name] += 1
@@ -371,7 +370,6 @@ __all__ = [
     "Recipe",
     "caption_texts",
     "conversation_texts",
-    "decode_image",
     "load_source",
     "multiple_choice_texts",
     "passthrough_texts",

@@ -18,37 +18,46 @@ Everything else (bf16, gradient checkpointing, DDP/FSDP/DeepSpeed through `accel
 
 import functools
 import hashlib
-import json
 import logging
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
+from ..evaluation.metrics import answer_metrics
 from .collator import IGNORE_INDEX, InstructBlipDataCollator
 from .mixture import ConcatenatedDatasets, MixtureSampler
 
 logger = logging.getLogger(__name__)
 
-MIXTURE_STATE_FILE = "mixture_sampler.json"
-# The raw columns the collator reads; `Trainer` would otherwise drop them as unknown to `model.forward`.
-RAW_COLUMNS = ["image", "text_input", "text_output"]
+FREEZE_FLAGS = ("train_vision_model", "train_vision_post_layernorm", "train_qformer", "train_language_projection",
+                "train_language_model")
 
 
 @dataclass
 class InstructBlipTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the paper's defaults and InstructBLIP's freezing and mixture options."""
+    """`TrainingArguments` with the paper's defaults and InstructBLIP's freezing, data and mixture options.
 
-    # Parent defaults changed to the paper's (§3, implementation details).
+    Every training default of this package lives here; [`InstructBlipTrainer`] and the collator it builds read
+    them from these fields only. A plain `TrainingArguments` is converted explicitly with
+    [`~InstructBlipTrainingArguments.from_training_arguments`].
+    """
+
+    # Parent defaults changed to the paper's (§3, implementation details), and to what prepared datasets need.
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (paper: 1e-5)."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay, not applied to biases/1-D."})
     warmup_steps: float = field(default=1000, metadata={"help": "Linear warmup steps (paper: 1000)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Decay after warmup (paper: cosine to 0)."})
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Must stay False: prepared datasets compute their rows from source columns, which the "
+                  "model's forward does not name."},
+    )
 
     # What is trained. The paper: queries + Q-Former + final vision LayerNorm + projection.
     train_vision_model: bool = field(default=False, metadata={"help": "Train the whole vision tower."})
@@ -65,10 +74,47 @@ class InstructBlipTrainingArguments(TrainingArguments):
                   "augmentation; memory grows with the number of images: for small datasets)."},
     )
 
-    # Data.
+    # Data. The Q-Former's instruction length is the processor's `qformer_max_length`, in training and inference.
     mixture_alpha: float = field(default=0.5, metadata={"help": "p_d ∝ size_d^alpha (paper: 0.5)."})
-    max_instruction_length: int = field(default=128, metadata={"help": "Instruction tokens kept (from the end)."})
-    max_answer_length: int = field(default=256, metadata={"help": "Answer tokens kept, including </s>."})
+    max_instruction_length: int = field(
+        default=128, metadata={"help": "LLM instruction tokens kept in training, from the end (LAVIS max_txt_len)."}
+    )
+    max_answer_length: int = field(
+        default=256, metadata={"help": "Answer tokens kept, including </s> (LAVIS max_output_txt_len)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.remove_unused_columns:
+            raise ValueError(
+                "remove_unused_columns=True would drop the source columns prepared datasets compute their rows "
+                "from; InstructBlipTrainer needs remove_unused_columns=False."
+            )
+        if not math.isfinite(self.mixture_alpha) or self.mixture_alpha < 0:
+            raise ValueError(f"mixture_alpha must be a finite number >= 0, got {self.mixture_alpha!r}.")
+        for name in ("max_instruction_length", "max_answer_length"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}.")
+        if not any(getattr(self, name) for name in FREEZE_FLAGS):
+            raise ValueError(f"Every component is frozen ({', '.join(f'{n}=False' for n in FREEZE_FLAGS)}): "
+                             "nothing would be trained.")
+        if self.cache_vision_features and self.train_vision_model:
+            raise ValueError("cache_vision_features needs a frozen vision tower (train_vision_model=False).")
+
+    @classmethod
+    def from_training_arguments(cls, args: TrainingArguments, **overrides) -> "InstructBlipTrainingArguments":
+        """`args`' own values for every `TrainingArguments` field (its optimiser settings included, not the
+        paper's), this class's defaults for the InstructBLIP fields, then `overrides`.
+
+        `remove_unused_columns` is set to False (prepared datasets need their source columns).
+        """
+        values = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
+        return cls(**{**values, "remove_unused_columns": False, **overrides})
+
+    @property
+    def freeze_flags(self) -> dict[str, bool]:
+        """The keyword arguments of [`freeze_for_instruction_tuning`]."""
+        return {name: getattr(self, name) for name in FREEZE_FLAGS}
 
 
 def upcast_trainable(model: nn.Module) -> None:
@@ -175,20 +221,24 @@ def predicted_answer_tokens(logits: torch.Tensor, labels: torch.Tensor, decoder_
     return aligned
 
 
-def answer_metrics(eval_prediction) -> dict[str, float]:
-    """Teacher-forced answer metrics over the loss positions (answer tokens and `</s>`).
+class MixtureCheckpointCallback(TrainerCallback, ExportableState):
+    """Saves the mixture that fixes the data stream in each checkpoint's `trainer_state.json` (as a stateful
+    callback) and, on resume, refuses a checkpoint whose mixture differs from the current one.
 
-    `answer_token_accuracy`: the share of those tokens predicted right. `answer_exact_match`: the share of examples
-    with all of them right, i.e. whose answer greedy decoding would reproduce exactly.
+    A changed mixture would replay another stream while `Trainer` skips the batches it believes were consumed.
     """
-    predictions, labels = np.asarray(eval_prediction.predictions), np.asarray(eval_prediction.label_ids)
-    scored = labels != IGNORE_INDEX
-    right = (predictions == labels) & scored
-    has_answer = scored.any(axis=1)
-    return {
-        "answer_token_accuracy": float(right.sum() / max(scored.sum(), 1)),
-        "answer_exact_match": float((right.sum(axis=1) == scored.sum(axis=1))[has_answer].mean()),
-    }
+
+    def __init__(self, sampler: MixtureSampler):
+        self.sampler = sampler
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"mixture": self.sampler.state_dict()}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # `Trainer` has loaded the checkpoint's state before this event; a fresh run holds this callback's own.
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        if state.global_step > 0 and saved is not None:
+            self.sampler.check_resumable_from(saved["attributes"]["mixture"])
 
 
 class InstructBlipTrainer(Trainer):
@@ -196,8 +246,8 @@ class InstructBlipTrainer(Trainer):
 
     Args:
         model: an [`InstructBlipForConditionalGeneration`].
-        args: [`InstructBlipTrainingArguments`] (a plain `TrainingArguments` gets the paper's freezing and mixture
-            defaults, but keeps its own optimiser defaults).
+        args: [`InstructBlipTrainingArguments`], which hold every default. A plain `TrainingArguments` is
+            refused: convert it with `InstructBlipTrainingArguments.from_training_arguments(args)`.
         processing_class: the [`InstructBlipProcessor`]; builds the default [`InstructBlipDataCollator`].
         train_datasets: name → dataset of `{image, text_input, text_output}` rows (see `prepare_dataset`), drawn
             with probabilities ∝ size^alpha × multiplier by a [`MixtureSampler`] seeded from `args.data_seed` or
@@ -213,7 +263,7 @@ class InstructBlipTrainer(Trainer):
     def __init__(
         self,
         model: nn.Module,
-        args: TrainingArguments | None = None,
+        args: InstructBlipTrainingArguments | None = None,
         *,
         processing_class=None,
         train_datasets: Mapping[str, torch.utils.data.Dataset] | None = None,
@@ -226,11 +276,15 @@ class InstructBlipTrainer(Trainer):
         if "train_dataset" in kwargs or "eval_dataset" in kwargs:
             raise ValueError("Pass named datasets as train_datasets={name: ds} and eval_datasets={name: ds}.")
         args = args if args is not None else InstructBlipTrainingArguments(output_dir="instructblip-tuned")
-        self.frozen_modules = freeze_for_instruction_tuning(model, **_freeze_flags(args))
+        if not isinstance(args, InstructBlipTrainingArguments):
+            raise TypeError(
+                f"InstructBlipTrainer takes InstructBlipTrainingArguments (the paper's optimiser, freezing, mixture "
+                f"and length defaults), got {type(args).__name__}. Convert it explicitly, keeping its values: "
+                "args = InstructBlipTrainingArguments.from_training_arguments(args)."
+            )
+        self.frozen_modules = freeze_for_instruction_tuning(model, **args.freeze_flags)
         self.vision_cache = None
-        if getattr(args, "cache_vision_features", False):
-            if args.train_vision_model:
-                raise ValueError("cache_vision_features needs a frozen vision tower (train_vision_model=False).")
+        if args.cache_vision_features:
             # The encoder only: the final LayerNorm after it trains by default.
             self.vision_cache = FrozenFeatureCache(model.vision_model.encoder)
         if args.bf16 or args.fp16:
@@ -242,17 +296,18 @@ class InstructBlipTrainer(Trainer):
         self.mixture_sizes = {name: len(dataset) for name, dataset in (train_datasets or {}).items()}
         self.mixture_multipliers = dict(mixture_multipliers or {})
         self.mixture_sampler = None
+        callbacks = list(kwargs.pop("callbacks", None) or [])
         if self.mixture_sizes:
             # Validates names and sizes now rather than at the first step.
-            self._new_mixture_sampler(args)
+            callbacks.append(MixtureCheckpointCallback(self._new_mixture_sampler(args)))
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("Pass processing_class=<InstructBlipProcessor> (or a data_collator).")
             data_collator = InstructBlipDataCollator(
                 processing_class,
                 decoder_only=model.config.use_decoder_only_language_model,
-                max_instruction_length=getattr(args, "max_instruction_length", 128),
-                max_answer_length=getattr(args, "max_answer_length", 256),
+                max_instruction_length=args.max_instruction_length,
+                max_answer_length=args.max_answer_length,
             )
         if kwargs.get("compute_metrics") is None:
             kwargs["compute_metrics"] = answer_metrics
@@ -266,13 +321,14 @@ class InstructBlipTrainer(Trainer):
             train_dataset=ConcatenatedDatasets(list(train_datasets.values())) if train_datasets else None,
             eval_dataset=dict(eval_datasets) if eval_datasets else None,
             processing_class=processing_class,
+            callbacks=callbacks,
             **kwargs,
         )
 
-    def _new_mixture_sampler(self, args: TrainingArguments) -> MixtureSampler:
+    def _new_mixture_sampler(self, args: InstructBlipTrainingArguments) -> MixtureSampler:
         self.mixture_sampler = MixtureSampler(
             self.mixture_sizes,
-            alpha=getattr(args, "mixture_alpha", 0.5),
+            alpha=args.mixture_alpha,
             multipliers=self.mixture_multipliers,
             seed=args.data_seed if args.data_seed is not None else args.seed,
         )
@@ -281,15 +337,11 @@ class InstructBlipTrainer(Trainer):
     # --- data ------------------------------------------------------------------------------------------------------
 
     def _get_train_sampler(self, train_dataset=None) -> MixtureSampler:
-        """Indices into the concatenation of `train_datasets`, in the order they were given."""
+        """Indices into the concatenation of `train_datasets`, in the order they were given.
+
+        (`Trainer` has no public way to give its train DataLoader a sampler; TRL overrides this hook too.)
+        """
         return self._new_mixture_sampler(self.args)
-
-    def _set_signature_columns_if_needed(self):
-        self._signature_columns = RAW_COLUMNS
-
-    def _remove_unused_columns(self, dataset, description=None):
-        # Prepared datasets compute their rows in a transform from source columns; removing those breaks them.
-        return dataset
 
     # --- optimisation ----------------------------------------------------------------------------------------------
 
@@ -307,21 +359,6 @@ class InstructBlipTrainer(Trainer):
 
     # --- checkpoints and model card ----------------------------------------------------------------------------------
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.mixture_sampler is not None and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            with open(os.path.join(folder, MIXTURE_STATE_FILE), "w") as f:
-                json.dump(self.mixture_sampler.state_dict(), f, indent=2)
-
-    def _load_rng_state(self, checkpoint):
-        # Called on every resume: the replayed data stream is only the same if the mixture is.
-        super()._load_rng_state(checkpoint)
-        path = os.path.join(checkpoint, MIXTURE_STATE_FILE) if checkpoint else None
-        if path and os.path.isfile(path) and self.mixture_sampler is not None:
-            with open(path) as f:
-                self.mixture_sampler.check_resumable_from(json.load(f))
-
     def create_model_card(self, *args, **kwargs):
         """`Trainer`'s card (hyper-parameters, evaluation results) plus the training mixture."""
         super().create_model_card(*args, **kwargs)
@@ -330,13 +367,6 @@ class InstructBlipTrainer(Trainer):
         path = os.path.join(self.args.output_dir, "README.md")
         with open(path, "a") as f:
             f.write("\n" + mixture_card_section(self.mixture_sampler, self.mixture_multipliers, self.model))
-
-
-def _freeze_flags(args: TrainingArguments) -> dict:
-    defaults = InstructBlipTrainingArguments.__dataclass_fields__
-    names = ("train_vision_model", "train_vision_post_layernorm", "train_qformer", "train_language_projection",
-             "train_language_model")
-    return {name: getattr(args, name, defaults[name].default) for name in names}
 
 
 def mixture_card_section(sampler: MixtureSampler, multipliers: Mapping[str, float], model: nn.Module) -> str:
@@ -360,6 +390,7 @@ def mixture_card_section(sampler: MixtureSampler, multipliers: Mapping[str, floa
 
 __all__ = [
     "FrozenFeatureCache",
+    "MixtureCheckpointCallback",
     "InstructBlipTrainer",
     "InstructBlipTrainingArguments",
     "add_lora",
