@@ -157,12 +157,16 @@ def run_miniature(model_args: ModelArguments, data_args: DataArguments, args: In
 
     start = time.perf_counter()
     settings = world.PretrainingSettings(steps=model_args.miniature_pretraining_steps)
-    model, processor = world.pretrained_base(model_args.miniature_cache_dir, settings)
+    # Under several ranks, the main process pre-trains and caches stage 0 while the others wait, then read the cache.
+    with args.main_process_first(desc="stage-0 pre-training"):
+        model, processor = world.pretrained_base(model_args.miniature_cache_dir, settings)
+    main = args.process_index == 0
     sets = world.eval_sets(model_args.miniature_eval_examples, seed=args.seed)
-    before = world.evaluate_tasks(model, processor, sets)
-    captions = sets["caption"]
-    promptless = world.exact_match(model, processor, captions["images"], [""] * len(captions["images"]),
-                                   captions["targets"])
+    if main:
+        before = world.evaluate_tasks(model, processor, sets)
+        captions = sets["caption"]
+        promptless = world.exact_match(model, processor, captions["images"], [""] * len(captions["images"]),
+                                       captions["targets"])
 
     sources = {task: world.task_dataset(task, size, seed=args.seed + k)
                for k, (task, size) in enumerate(world.TRAIN_SIZES.items())}
@@ -175,10 +179,13 @@ def run_miniature(model_args: ModelArguments, data_args: DataArguments, args: In
     }
     trainer = InstructBlipTrainer(model=model, args=args, processing_class=processor, train_datasets=train_datasets)
     trainer.train()
+    trainer.save_model()  # with the processor; written by the main process only
+    # Every rank has finished training and the output folder is whole before it is read back, on the main process.
+    trainer.accelerator.wait_for_everyone()
+    if not main:
+        return
     after = world.evaluate_tasks(model, processor, sets)
-
     print_table(before, after, promptless, {task: s["chance"] for task, s in sets.items()}, world.HELD_OUT_TASKS)
-    trainer.save_model()  # with the processor
     answer_fresh_image(args.output_dir, world, seed=args.seed + 999)
     print(f"\nMiniature done in {time.perf_counter() - start:.0f} s (stage 0 included unless cached).")
 

@@ -161,11 +161,12 @@ def test_plain_training_arguments_are_refused_and_converted_explicitly(tmp_path)
     ("max_answer_length", 1, "max_answer_length must be >= 2"),
     ("remove_unused_columns", True, "needs remove_unused_columns=False"),
     ("cache_vision_features", True, "needs a frozen vision tower"),
+    ("fsdp", "full_shard", "fsdp is not applied on CPU"),
 ])
 def test_training_arguments_are_validated_when_built(tmp_path, field, value, message):
     extra = {"train_vision_model": True} if field == "cache_vision_features" else {}
     with pytest.raises(ValueError, match=message):
-        InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], **{field: value}, **extra)
+        InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **{field: value}, **extra)
     with pytest.raises(ValueError, match="nothing would be trained"):
         InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], train_qformer=False,
                                       train_language_projection=False, train_vision_post_layernorm=False)

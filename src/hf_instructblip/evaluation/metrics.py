@@ -15,10 +15,14 @@ The paper's tables show these ×100 (CIDEr-D ×100 too: [`cider_d`] keeps pycoco
 Nothing here imports torch or the model: ranked choice scores, metrics compare.
 """
 
+import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+
+from .ptb_tokenizer import ptb_tokenize
 
 # --- the official VQA answer normalisation (VQA `vqaEval.py`, as vendored by LAVIS) ----------------------------------
 
@@ -194,6 +198,78 @@ def ivqa_accuracy(predictions: Sequence[str], references: Sequence[Sequence[str]
     return sum(scores) / len(scores)
 
 
+# --- captioning: CIDEr-D as pycocoevalcap computes it -------------------------------------------------------------
+
+CIDER_MAX_N = 4  # n-grams of 1 to 4 words
+CIDER_SIGMA = 6.0  # width of the Gaussian length penalty
+
+
+def _ngram_counts(tokens: list[str]) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for n in range(1, CIDER_MAX_N + 1) for i in range(len(tokens) - n + 1))
+
+
+def _tf_idf(counts: Counter, document_frequency: Counter, log_corpus_size: float):
+    """Per n: the tf-idf vector and its norm, and the caption's "length" (see [`cider_d`])."""
+    vectors = [{} for _ in range(CIDER_MAX_N)]
+    for ngram, term_frequency in counts.items():
+        idf = log_corpus_size - math.log(max(1.0, document_frequency[ngram]))
+        vectors[len(ngram) - 1][ngram] = term_frequency * idf
+    norms = [math.sqrt(sum(weight * weight for weight in vector.values())) for vector in vectors]
+    # pycocoevalcap counts the term frequencies of n-gram index 1, i.e. of bigrams: words - 1 (0 for one word).
+    length = sum(count for ngram, count in counts.items() if len(ngram) == 2)
+    return vectors, norms, length
+
+
+def _cider_d_per_example(candidates: list[list[str]], references: list[list[list[str]]]) -> list[float]:
+    reference_counts = [[_ngram_counts(reference) for reference in refs] for refs in references]
+    # Document frequency: in how many examples' reference sets an n-gram occurs; idf = log(#examples / df).
+    document_frequency = Counter(ngram for counts in reference_counts for ngram in set().union(*counts))
+    log_corpus_size = math.log(len(references))
+    scores = []
+    for candidate, counts_per_reference in zip(candidates, reference_counts):
+        vectors, norms, length = _tf_idf(_ngram_counts(candidate), document_frequency, log_corpus_size)
+        total = 0.0
+        for reference_counts_one in counts_per_reference:
+            ref_vectors, ref_norms, ref_length = _tf_idf(reference_counts_one, document_frequency, log_corpus_size)
+            penalty = math.exp(-((length - ref_length) ** 2) / (2 * CIDER_SIGMA**2))
+            for n in range(CIDER_MAX_N):
+                # CIDEr-D clips the candidate's weight at the reference's ("gaming" by repetition).
+                dot = sum(min(weight, ref_vectors[n].get(ngram, 0.0)) * ref_vectors[n].get(ngram, 0.0)
+                          for ngram, weight in vectors[n].items())
+                if norms[n] != 0 and ref_norms[n] != 0:
+                    dot /= norms[n] * ref_norms[n]
+                total += dot * penalty
+        scores.append(10.0 * total / CIDER_MAX_N / len(counts_per_reference))
+    return scores
+
+
+def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """CIDEr-D (Vedantam et al., 2015) exactly as pycocoevalcap's `Cider` scores raw captions after `PTBTokenizer`.
+
+    Both sides go through [`ptb_tokenize`]. Per example, for n = 1..4: the cosine of tf-idf n-gram vectors, the
+    candidate's weights clipped at the reference's, times exp(-(l_c - l_r)² / (2·6²)); averaged over n and over the
+    references, times 10. The mean over examples is returned: 1.2 here is 120 in the paper's tables.
+
+    pycocoevalcap's quirks, kept: the idf comes from the evaluated references themselves (log(#examples / df)), so
+    scores depend on the whole set and a set of one example scores 0; the "length" l in the penalty counts bigrams
+    (words - 1), not words; n-grams absent from every reference get idf log(#examples).
+
+    >>> predictions = ["a dog runs on the grass", "a cat sleeps", "two men ride horses"]
+    >>> references = [["A dog runs on grass.", "a dog is running"], ["A cat is sleeping on a bed."],
+    ...               ["Two men riding horses.", "people on horses"]]
+    >>> round(cider_d(predictions, references), 6)  # pycocoevalcap: 2.378395 (a tiny corpus: large idf weights)
+    2.378395
+    """
+    _check_aligned(predictions, references)
+    reference_lists = _answer_lists(references, fix="count examples without references apart")
+    tokenized = ptb_tokenize([*predictions, *(reference for refs in reference_lists for reference in refs)])
+    candidates = [caption.split() for caption in tokenized[: len(predictions)]]
+    flat_references = iter(tokenized[len(predictions) :])
+    grouped = [[next(flat_references).split() for _ in refs] for refs in reference_lists]
+    scores = _cider_d_per_example(candidates, grouped)
+    return sum(scores) / len(scores)
+
+
 # --- ranked tasks -----------------------------------------------------------------------------------------------
 
 
@@ -266,11 +342,13 @@ def answer_metrics(eval_prediction, *, ignore_index: int = -100) -> dict[str, fl
 
 __all__ = [
     "answer_metrics",
+    "cider_d",
     "exact_match",
     "ivqa_accuracy",
     "mean_reciprocal_rank",
     "multiple_choice_accuracy",
     "normalize_answer",
+    "ptb_tokenize",
     "roc_auc",
     "vqa_accuracy",
 ]

@@ -12,7 +12,7 @@ trainer = InstructBlipTrainer(
 trainer.train()
 ```
 
-Everything else (bf16, gradient checkpointing, DDP/FSDP/DeepSpeed through `accelerate`, logging, checkpoints,
+Everything else (bf16, gradient checkpointing, DDP through `accelerate`, logging, checkpoints,
 `push_to_hub`) is `Trainer`'s.
 """
 
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
+from transformers.training_args import ParallelMode
 
 from ..evaluation.metrics import answer_metrics
 from .collator import IGNORE_INDEX, InstructBlipDataCollator
@@ -100,6 +101,19 @@ class InstructBlipTrainingArguments(TrainingArguments):
                              "nothing would be trained.")
         if self.cache_vision_features and self.train_vision_model:
             raise ValueError("cache_vision_features needs a frozen vision tower (train_vision_model=False).")
+        if self.fsdp and self.use_cpu:
+            raise ValueError(
+                "fsdp is not applied on CPU: accelerate runs CPU processes as DDP (MULTI_CPU) and would ignore it. "
+                "Drop --fsdp, or run on GPUs."
+            )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.parallel_mode != ParallelMode.DISTRIBUTED:
+            # Without CUDA, `TrainingArguments` sets up distributed training only for `use_cpu`: each of the launched
+            # processes would otherwise train a model of its own and write the same output folder.
+            raise ValueError(
+                f"Launched as {launched} processes, but Trainer would not train them together (DDP): without a GPU "
+                "pass --use_cpu (or launch with `accelerate launch --multi_gpu --num_processes N --use_cpu`)."
+            )
 
     @classmethod
     def from_training_arguments(cls, args: TrainingArguments, **overrides) -> "InstructBlipTrainingArguments":
