@@ -1,9 +1,12 @@
 """LAVIS → hf_instructblip conversion, end to end on tiny LAVIS-format checkpoints (offline)."""
 
-import importlib.util
+import errno
+import filecmp
+import json
 import logging
 import os
-import string
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +20,11 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoTokenizer,
     BertConfig,
-    BertTokenizer,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
-    LlamaTokenizer,
     T5Config,
     T5ForConditionalGeneration,
-    T5Tokenizer,
 )
 
 from hf_instructblip import InstructBlipForConditionalGeneration, InstructBlipProcessor
@@ -32,8 +32,7 @@ from hf_instructblip.conversion import ConversionError, convert_lavis_checkpoint
 from hf_instructblip.conversion.writing import sha256
 
 REPO = Path(__file__).resolve().parents[1]
-CHARS = list(string.ascii_lowercase + "?.,")
-BERT_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + CHARS + ["##" + c for c in CHARS]
+BERT_VOCAB = len(tiny.bert_tokenizer(decoder_token=False))  # without "[DEC]", as bert-base-uncased
 DIMS = LavisDims(
     vision_width=176,  # two EVA heads of width 88
     vision_mlp=64,
@@ -43,7 +42,7 @@ DIMS = LavisDims(
     qformer_width=32,
     qformer_mlp=48,
     qformer_layers=3,
-    qformer_vocab=len(BERT_TOKENS) + 1,  # + "[DEC]"
+    qformer_vocab=BERT_VOCAB + 1,  # + "[DEC]"
     qformer_positions=64,
     query_tokens=4,
     llm_width=32,
@@ -55,9 +54,9 @@ DIMS = LavisDims(
 
 def save_qformer_tokenizer(directory: Path) -> Path:
     """Stands in for bert-base-uncased: a WordPiece tokenizer and the BERT config giving the head count."""
-    BertTokenizer(vocab={token: i for i, token in enumerate(BERT_TOKENS)}).save_pretrained(directory)
+    tiny.bert_tokenizer(decoder_token=False).save_pretrained(directory)
     BertConfig(
-        vocab_size=len(BERT_TOKENS),
+        vocab_size=BERT_VOCAB,
         hidden_size=DIMS.qformer_width,
         num_hidden_layers=DIMS.qformer_layers,
         num_attention_heads=4,
@@ -68,10 +67,7 @@ def save_qformer_tokenizer(directory: Path) -> Path:
 
 def save_vicuna(directory: Path) -> LlamaForCausalLM:
     """Vicuna v1.1 in miniature: LLaMA tokenizer without a pad token (<unk>=0, <s>=1, </s>=2), sharded weights."""
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for piece in ["▁"] + CHARS + ["▁" + c for c in CHARS]:
-        vocab[piece] = len(vocab)
-    tokenizer = LlamaTokenizer(vocab=vocab, merges=[("▁", c) for c in CHARS], add_bos_token=True)
+    tokenizer = tiny.llama_tokenizer(pad_token=None, padding_side="right")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=DIMS.llm_width,
@@ -91,9 +87,7 @@ def save_vicuna(directory: Path) -> LlamaForCausalLM:
 def save_flan_t5(directory: Path) -> T5ForConditionalGeneration:
     """Flan-T5 in miniature: gated GELU, an lm_head of its own, spare vocabulary rows (32128 vs 32100 tokens), and a
     weight file that also lists the encoder/decoder copies of `shared` and an unused tensor, as older Hub files do."""
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(c, -3.0) for c in CHARS] + [("▁" + c, -2.5) for c in CHARS]
-    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
+    tokenizer = tiny.t5_tokenizer()
     config = T5Config(
         vocab_size=len(tokenizer) + 4,
         d_model=DIMS.llm_width,
@@ -290,7 +284,7 @@ def test_vicuna_config_tokenizers_and_generation_defaults(inputs, vicuna_convert
     assert (tokenizer.truncation_side, tokenizer.padding_side) == ("left", "left")
     assert config.text_config.pad_token_id == vicuna_size
     qformer_tokenizer = processor.qformer_tokenizer
-    assert qformer_tokenizer.convert_tokens_to_ids("[DEC]") == len(BERT_TOKENS)  # 30522 for bert-base-uncased
+    assert qformer_tokenizer.convert_tokens_to_ids("[DEC]") == BERT_VOCAB  # 30522 for bert-base-uncased
     assert qformer_tokenizer.truncation_side == "left"
     assert processor.image_processor.size == {"height": DIMS.image_size, "width": DIMS.image_size}
 
@@ -428,7 +422,10 @@ def save_modified(inputs, path: Path, change) -> Path:
 def test_missing_key_is_an_error(inputs, tmp_path):
     key = "Qformer.bert.encoder.layer.1.output_query.dense.bias"
     checkpoint = save_modified(inputs, tmp_path / "c.pth", lambda weights: weights.pop(key))
-    with pytest.raises(ConversionError, match=r"missing \(1\):\n  qformer.encoder.layer.1.output_query.dense.bias"):
+    with pytest.raises(
+        ConversionError,
+        match=r"missing \(1\):\n  qformer.encoder.layer.1.output_query.dense.bias \(LAVIS: Qformer.bert.encoder",
+    ):
         convert(inputs, tmp_path / "out", lavis_checkpoint=checkpoint)
     assert not (tmp_path / "out").exists()
 
@@ -482,18 +479,9 @@ def test_vision_layers_beyond_the_file_is_an_error(inputs, tmp_path):
 
 
 def test_qformer_heads_need_a_bert_config(inputs, tmp_path):
-    BertTokenizer(vocab={token: i for i, token in enumerate(BERT_TOKENS)}).save_pretrained(tmp_path / "bert")
+    tiny.bert_tokenizer(decoder_token=False).save_pretrained(tmp_path / "bert")
     with pytest.raises(ConversionError, match="No BERT config found for the Q-Former tokenizer"):
         convert(inputs, tmp_path / "out", qformer_tokenizer=str(tmp_path / "bert"))
-
-
-def test_cli_reports_conversion_errors_without_a_traceback(inputs, tmp_path):
-    spec = importlib.util.spec_from_file_location("convert_lavis_to_hf", REPO / "conversion" / "convert_lavis_to_hf.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    arguments = ["--lavis-checkpoint", str(tmp_path / "absent.pth"), "--llm", str(inputs["vicuna_dir"])]
-    with pytest.raises(SystemExit, match=r"^error: Checkpoint .*absent.pth does not exist"):
-        cli.main([*arguments, "--output", str(tmp_path / "out")])
 
 
 def test_variant_with_other_shapes_is_an_error(inputs, tmp_path):
@@ -531,7 +519,7 @@ def test_cli_reads_the_llm_from_the_hub_and_pushes_the_result(inputs, tmp_path):
         }
         # fmt: off
         run_python([
-            str(REPO / "conversion" / "convert_lavis_to_hf.py"),
+            "-m", "hf_instructblip.conversion",
             "--lavis-checkpoint", str(inputs["vicuna_trimmed_path"]), "--vit-checkpoint", str(inputs["vit_path"]),
             "--llm", "lmsys/tiny-vicuna", "--qformer-tokenizer", inputs["qformer_tokenizer"],
             "--dtype", "bfloat16", "--output", str(tmp_path / "out"), "--push-to-hub", "testorg/converted",
@@ -567,3 +555,154 @@ def test_converted_directory_loads_as_remote_code(vicuna_converted, tmp_path):
     env["HF_HOME"] = str(tmp_path / "hf_home")
     run_python(["-c", script, str(tmp_path / "weight.pt")], env, tmp_path)
     assert torch.equal(torch.load(tmp_path / "weight.pt"), model.vision_model.post_layernorm.weight)
+
+
+# ------------------------------------------------------------------ faults: damaged inputs, existing output, kills
+
+
+def copy_vicuna(inputs, directory: Path) -> Path:
+    shutil.copytree(inputs["vicuna_dir"], directory)
+    return directory
+
+
+def truncate(path: Path, keep: float = 0.6) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def damage_llm_shard(inputs, tmp_path):
+    llm = copy_vicuna(inputs, tmp_path / "llm")
+    truncate(sorted(llm.glob("model-*.safetensors"))[-1])
+    return {"llm": str(llm)}, r"model-0000\d-of-0000\d.safetensors is truncated or corrupt \(.*file not fully covered"
+
+
+def corrupt_llm_header(inputs, tmp_path):
+    llm = copy_vicuna(inputs, tmp_path / "llm")
+    shard = sorted(llm.glob("model-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:8] + b"\xff" * 40 + shard.read_bytes()[48:])
+    return {"llm": str(llm)}, r"model-00001-of-0000\d.safetensors is truncated or corrupt"
+
+
+def index_lists_another_tensor(inputs, tmp_path):
+    llm = copy_vicuna(inputs, tmp_path / "llm")
+    index = json.loads((llm / "model.safetensors.index.json").read_text())
+    key = next(iter(index["weight_map"]))
+    index["weight_map"][key + ".renamed"] = index["weight_map"].pop(key)
+    (llm / "model.safetensors.index.json").write_text(json.dumps(index))
+    return {"llm": str(llm)}, rf"does not hold what model.safetensors.index.json lists for it: missing \['{key}.renamed"
+
+
+def truncate_lavis_checkpoint(inputs, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pth"
+    shutil.copy(inputs["vicuna_trimmed_path"], checkpoint)
+    truncate(checkpoint)
+    return {"lavis_checkpoint": checkpoint}, r"checkpoint.pth is truncated or corrupt"
+
+
+def truncate_llm_bin(inputs, tmp_path):
+    llm = tmp_path / "llm_bin"
+    inputs["vicuna"].config.save_pretrained(llm)
+    AutoTokenizer.from_pretrained(inputs["vicuna_dir"]).save_pretrained(llm)
+    torch.save(inputs["vicuna"].state_dict(), llm / "pytorch_model.bin")
+    truncate(llm / "pytorch_model.bin", keep=0.9)
+    return {"llm": str(llm)}, r"pytorch_model.bin is truncated or corrupt"
+
+
+def t5_checkpoint_with_vicuna(inputs, tmp_path):
+    return {"lavis_checkpoint": inputs["t5_full_path"], "vit_checkpoint": None}, (
+        r"The LAVIS checkpoint is a Flan-T5 model \(t5_proj.\*\) but --llm .*vicuna is a decoder-only LLM"
+    )
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        damage_llm_shard,
+        corrupt_llm_header,
+        index_lists_another_tensor,
+        truncate_lavis_checkpoint,
+        truncate_llm_bin,
+        t5_checkpoint_with_vicuna,
+    ],
+)
+def test_damaged_inputs_are_named_and_nothing_is_written(inputs, tmp_path, damage):
+    overrides, message = damage(inputs, tmp_path)
+    with pytest.raises(ConversionError, match=message):
+        convert(inputs, tmp_path / "out", **overrides)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_existing_output_is_refused_unless_overwrite_which_replaces_it_whole(inputs, tmp_path):
+    output = tmp_path / "out"
+    convert(inputs, output)  # one model.safetensors
+    with pytest.raises(ConversionError, match=r"--output .*out exists and is not empty; pass --overwrite"):
+        convert(inputs, output, max_shard_size="100KB")
+    convert(inputs, output, max_shard_size="100KB", overwrite=True)
+    # The stale single file would win over the new shards when loading; it is gone with the old folder.
+    assert not (output / "model.safetensors").exists() and (output / "model.safetensors.index.json").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+    converted = InstructBlipForConditionalGeneration.from_pretrained(output)
+    assert_vicuna(converted.state_dict(), inputs["vicuna"].state_dict())
+
+
+def cli_arguments(inputs, output: Path) -> list[str]:
+    # fmt: off
+    return [
+        "--lavis-checkpoint", str(inputs["vicuna_trimmed_path"]), "--vit-checkpoint", str(inputs["vit_path"]),
+        "--llm", str(inputs["vicuna_dir"]), "--qformer-tokenizer", inputs["qformer_tokenizer"],
+        "--max-shard-size", "100KB", "--output", str(output),
+    ]
+    # fmt: on
+
+
+@pytest.mark.parametrize("point", ["mid-shard", "before-config", "between-renames"])
+def test_a_killed_conversion_leaves_no_folder_that_loads_and_a_rerun_completes(inputs, tmp_path, point):
+    output, old = tmp_path / "out", tmp_path / "old"
+    convert(inputs, old, family="vicuna")  # an earlier conversion that --overwrite is replacing
+    shutil.copytree(old, output)
+    killed = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "scripts" / "killed_conversion.py"), point,
+         *cli_arguments(inputs, output), "--overwrite"],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # Either the old output is still whole, or (killed between the two renames) no output exists.
+    if output.exists():
+        assert filecmp.dircmp(output, old).diff_files == [] and set(os.listdir(output)) == set(os.listdir(old))
+    partial = tmp_path / "out.partial"
+    assert not (partial / "config.json").exists() or point == "between-renames"
+    with pytest.raises(OSError):
+        InstructBlipForConditionalGeneration.from_pretrained(partial if point != "between-renames" else output)
+
+    convert(inputs, output, max_shard_size="100KB", overwrite=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["old", "out"]
+    converted = InstructBlipForConditionalGeneration.from_pretrained(output)
+    assert_vicuna(converted.state_dict(), inputs["vicuna"].state_dict())
+
+
+def test_cli_error_is_one_line_with_exit_status_1(inputs, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pth"
+    shutil.copy(inputs["vicuna_trimmed_path"], checkpoint)
+    truncate(checkpoint)
+    arguments = cli_arguments(inputs, tmp_path / "out")
+    arguments[1] = str(checkpoint)
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_instructblip.conversion", *arguments],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "checkpoint.pth is truncated or corrupt" in result.stderr
+
+
+def test_a_full_disk_is_named_and_leaves_nothing(inputs, tmp_path, monkeypatch):
+    from hf_instructblip.conversion import convert as convert_module
+
+    def write_then_fill_up(output_dir, *args):
+        (output_dir / "model.safetensors").write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(convert_module, "write_weights", write_then_fill_up)
+    with pytest.raises(ConversionError, match=r"Writing the converted model into .*out.partial failed: .*No space left"):
+        convert(inputs, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,8 @@
 """InstructBlipProcessor: layout of the inputs, truncation, chat, video, and every kind of bad input."""
 
 import io
+import socket
+import threading
 
 import numpy as np
 import PIL.Image
@@ -197,3 +199,83 @@ def test_videos_need_equal_frame_counts():
         tiny.processor("llama")(videos=[frames, frames[:2]], text=["a", "b"])
     with pytest.raises(ValueError, match="either images or videos"):
         tiny.processor("llama")(images=frames[0], videos=[frames])
+
+
+# ------------------------------------------------------------------------------------- every promised input form
+
+
+def pixels(images, **kwargs):
+    return tiny.processor("llama")(images=images, return_tensors="pt", **kwargs)["pixel_values"]
+
+
+def test_every_image_form_the_docstring_promises_gives_the_same_pixels(tmp_path):
+    rgb = tiny.image(0)
+    grey = rgb.convert("L")
+    path = tmp_path / "grey.png"
+    grey.save(path)
+    array = np.asarray(rgb)
+    expected_rgb, expected_grey = pixels(rgb), pixels(grey)
+    for form in (np.asarray(grey), np.asarray(grey)[:, :, None], path, str(path),
+                 np.asarray(grey).astype(np.uint16) * 257, torch.from_numpy(np.asarray(grey).copy())):
+        torch.testing.assert_close(pixels(form), expected_grey, atol=0, rtol=0)
+    for form in (array, array.transpose(2, 0, 1), torch.from_numpy(array.copy())):
+        torch.testing.assert_close(pixels(form), expected_rgb, atol=0, rtol=0)
+    # Float pixels already in [0, 1] are not divided by 255 again.
+    torch.testing.assert_close(pixels(array.astype(np.float32) / 255), expected_rgb, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.full((8, 8, 3), np.nan, dtype=np.float32), r"images\[0\] holds NaN or infinite values"),
+        (np.full((8, 8, 3), np.inf, dtype=np.float32), r"images\[0\] holds NaN or infinite values"),
+        (np.full((8, 8, 3), 200.0, dtype=np.float32), r"values in \[200, 200\]; float pixels must already be rescaled"),
+        (np.zeros((8, 8, 3), dtype=np.int64), r"images\[0\] has dtype int64; pass uint8"),
+        (np.zeros((8, 8, 2), dtype=np.uint8), r"with 1, 3 or 4 channels, got shape \(8, 8, 2\)"),
+    ],
+    ids=["nan", "inf", "float-0-255", "int64", "2-channels"],
+)
+def test_pixel_arrays_that_would_give_wrong_pixels_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        pixels(bad)
+
+
+def test_an_unreachable_url_is_named():
+    with socket.socket() as probe:  # a local port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ValueError, match=rf"images\[0\]: the URL http://127.0.0.1:{port}/cat.png could not be fetched"):
+        pixels(f"http://127.0.0.1:{port}/cat.png")
+
+
+def test_a_flat_list_of_frames_is_not_taken_for_a_batch_of_videos():
+    frames = [tiny.image(i) for i in range(3)]
+    with pytest.raises(ValueError, match=r"videos\[0, 1, 2\] are single frames. For one video pass videos=\[frames\]"):
+        tiny.processor("llama")(videos=frames, text="a")
+    assert tiny.processor("llama")(videos=[frames], text="a")["pixel_values"].shape[:2] == (1, 3)
+    with pytest.raises(ValueError, match="non-zero number of frames"):
+        tiny.processor("llama")(videos=[[]], text="a")
+
+
+def test_calls_from_several_threads_do_not_affect_each_other():
+    """Fast tokenizers keep padding/truncation settings in shared state; concurrent calls must not mix them."""
+    processor = tiny.processor("llama")
+    texts = [f"question number {i} about what the image shows?" * 2 for i in range(32)]
+    calls = {
+        "padded to 40, truncated": lambda: processor(text=texts, padding="max_length", max_length=40, truncation=True),
+        "unpadded": lambda: processor(text=texts),
+        "padded right": lambda: processor(text=texts, padding=True, padding_side="right"),
+    }
+    expected = {name: dict(call()) for name, call in calls.items()}
+    differences = []
+
+    def repeat(name):
+        for _ in range(20):
+            differences.extend(name for key, value in calls[name]().items() if value != expected[name][key])
+
+    threads = [threading.Thread(target=repeat, args=(name,)) for name in calls for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert differences == []

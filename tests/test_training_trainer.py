@@ -1,5 +1,6 @@
 """InstructBlipTrainer on tiny models: what is trained, what stays frozen, resume, eval, model card, TRL."""
 
+import errno
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from transformers import TrainingArguments
 from hf_instructblip.training.collator import InstructBlipDataCollator
 from hf_instructblip.training.recipes import prepare_dataset
 from hf_instructblip.training.trainer import (
+    CHECKPOINT_STAGING_DIR,
     InstructBlipTrainer,
     InstructBlipTrainingArguments,
     freeze_for_instruction_tuning,
@@ -384,3 +386,74 @@ def test_ddp_on_two_processes_trains_like_one_process_on_the_whole_batch(tmp_pat
         assert torch.equal(ranks[0][name], ranks[1][name])
         torch.testing.assert_close(ranks[0][name], weight, rtol=0, atol=2e-5)
     assert max((single[n] - initial[n]).abs().max().item() for n in single) > 1e-3  # it trained
+
+
+@pytest.mark.parametrize("fault", ["full disk", "killed"])
+def test_a_checkpoint_that_fails_part_way_is_never_resumed_from(tmp_path, monkeypatch, fault):
+    """The optimizer write of the second checkpoint fails after half its bytes: ENOSPC from the writer (no small
+    filesystem can be mounted here), or an interrupt that skips every clean-up (as a killed job does)."""
+    save = torch.save
+
+    def failing_save(obj, path, *args, **kwargs):
+        if str(path).endswith(os.path.join("checkpoint-4", "optimizer.pt")):
+            with open(path, "wb") as f:
+                f.write(b"\0" * 100)
+            if fault == "full disk":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise KeyboardInterrupt
+        return save(obj, path, *args, **kwargs)
+
+    run = trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    output = run.args.output_dir
+    monkeypatch.setattr(torch, "save", failing_save)
+    if fault == "full disk":
+        with pytest.raises(OSError, match=rf"Could not save checkpoint {output}/checkpoint-4: No space left on device"):
+            run.train()
+        assert not os.path.exists(os.path.join(output, CHECKPOINT_STAGING_DIR))  # its bytes are freed
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            run.train()
+    monkeypatch.setattr(torch, "save", save)
+    assert [name for name in os.listdir(output) if name.startswith("checkpoint")] == ["checkpoint-2"]
+    assert {"trainer_state.json", "optimizer.pt", "model.safetensors"} <= set(os.listdir(f"{output}/checkpoint-2"))
+
+    resumed = trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 4 and len(resumed.state.log_history) < 2 * 4  # steps 3-4 only, + summary
+    assert sorted(name for name in os.listdir(output) if name.startswith(".") or "checkpoint" in name) == [
+        "checkpoint-2", "checkpoint-4"
+    ]
+
+
+def raw_dataset(**columns):
+    rows = {"image": [tiny.image(i) for i in range(3)], "text_input": ["q?"] * 3, "text_output": ["a", "b", "c"]}
+    return datasets.Dataset.from_dict({**rows, **columns})
+
+
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ({"text_output": None}, r"Training dataset 'mine' has no column\(s\) \['text_output'\]; its columns are"),
+        ({"text_output": ["a", None, "c"]}, r"'mine', column 'text_output': 1 rows are not strings, e.g. rows \[1\]"),
+        ({"text_input": [1, 2, 3]}, r"'mine', column 'text_input': 3 rows are not strings, e.g. rows \[0, 1, 2\]"),
+    ],
+)
+def test_unprepared_datasets_are_checked_before_the_first_step(tmp_path, columns, message):
+    data = raw_dataset(**{key: value for key, value in columns.items() if value is not None})
+    if None in columns.values():
+        data = data.remove_columns([key for key, value in columns.items() if value is None])
+    with pytest.raises(ValueError, match=message):
+        InstructBlipTrainer(model=tiny.model(), args=arguments(tmp_path), processing_class=tiny.processor(),
+                            train_datasets={"mine": data})
+
+
+def test_an_unreadable_image_of_an_unprepared_dataset_names_its_row_and_dataset(tmp_path, caplog):
+    data = raw_dataset().cast_column("image", datasets.Image(decode=False))
+    data = data.map(lambda row, i: {"image": {"bytes": b"not an image", "path": None}} if i == 1 else row,
+                    with_indices=True)
+    run = InstructBlipTrainer(model=tiny.model(), args=arguments(tmp_path, max_steps=1),
+                              processing_class=tiny.processor(), train_datasets={"mine": data})
+    with caplog.at_level("WARNING"):
+        rows = [run.train_dataset[i] for i in range(3)]
+    assert [row["image"] is None for row in rows] == [False, True, False]
+    assert "Skipping row 1 of dataset 'mine': unreadable image" in caplog.text

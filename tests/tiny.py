@@ -18,17 +18,19 @@ NUM_QUERY_TOKENS = 4
 IMAGE_SIZE = 30
 
 
-def llama_tokenizer() -> LlamaTokenizer:
-    """Character-level BPE tokenizer in LLaMA's format: <unk>=0, <s>=1, </s>=2, [PAD]=3, left padding."""
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "[PAD]": 3}
+def llama_tokenizer(pad_token: str | None = "[PAD]", padding_side: str = "left") -> LlamaTokenizer:
+    """Character-level BPE tokenizer in LLaMA's format: <unk>=0, <s>=1, </s>=2, then `pad_token` (Vicuna has none)."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    if pad_token is not None:
+        vocab[pad_token] = len(vocab)
     for piece in ["▁"] + CHARS + ["▁" + c for c in CHARS]:
         vocab.setdefault(piece, len(vocab))
     return LlamaTokenizer(
         vocab=vocab,
         merges=[("▁", c) for c in CHARS],
         add_bos_token=True,
-        pad_token="[PAD]",
-        padding_side="left",
+        pad_token=pad_token,
+        padding_side=padding_side,
     )
 
 
@@ -39,10 +41,11 @@ def t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-def bert_tokenizer() -> BertTokenizer:
-    """Character-level WordPiece tokenizer standing in for bert-base-uncased (+ "[DEC]")."""
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + CHARS + ["##" + c for c in CHARS] + ["[DEC]"]
-    return BertTokenizer(vocab={token: i for i, token in enumerate(tokens)})
+def bert_tokenizer(decoder_token: bool = True) -> BertTokenizer:
+    """Character-level WordPiece tokenizer standing in for bert-base-uncased, + "[DEC]" as the Q-Former's (the LAVIS
+    converter adds "[DEC]" itself, so its input has none)."""
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + CHARS + ["##" + c for c in CHARS]
+    return BertTokenizer(vocab={token: i for i, token in enumerate(tokens + ["[DEC]"] * decoder_token)})
 
 
 def image_processor() -> BlipImageProcessorPil:

@@ -228,6 +228,18 @@ class InstructBlipConfig(PreTrainedConfig):
             raise ValueError(f"num_query_tokens must be >= 1, got {self.num_query_tokens}.")
 
     @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        # transformers falls back to an empty dict, i.e. the default (Vicuna-7B-sized) config, when config.json is
+        # missing; building that model would allocate tens of GB before any weight is found to be wrong.
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if not config_dict:
+            raise OSError(
+                f"{pretrained_model_name_or_path} has no config.json (or an empty one); an InstructBLIP checkpoint "
+                "needs it, and no default configuration is assumed. Save the model with save_pretrained."
+            )
+        return config_dict, kwargs
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "InstructBlipConfig":
         """Full-size config of a released model: `"vicuna7b"`, `"vicuna13b"`, `"flant5xl"` or `"flant5xxl"`."""
         if name not in PRESETS:

@@ -14,11 +14,14 @@ unchanged. This file ships to the Hub (`trust_remote_code`): it imports only `tr
 configuration file next to it.
 """
 
+import glob
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -427,6 +430,19 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 "AutoModel": f"{__name__.rsplit('.', 1)[-1]}.{type(self).__name__}",
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a local folder with truncated or corrupt safetensors files
+        by name before anything is allocated (a folder without config.json is refused by the config)."""
+        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors"))):
+            try:
+                with safe_open(path, framework="pt"):  # checks every tensor's bytes against the header
+                    pass
+            except SafetensorError as error:
+                raise OSError(f"{path} is truncated or corrupt ({error}); save or download it again.") from error
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def get_image_features(
         self,

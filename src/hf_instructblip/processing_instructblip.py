@@ -12,6 +12,7 @@ This file ships to the Hub (`trust_remote_code`): it imports only `transformers`
 import io
 import json
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -48,34 +49,37 @@ CHAT_TEMPLATE = (
 )
 
 
-def to_rgb(image, name: str = "image") -> "PIL.Image.Image | np.ndarray":
-    """Decode and validate one image; PIL images of any mode come back as RGB.
+def to_rgb(image, name: str = "image") -> PIL.Image.Image:
+    """Decode and validate one image; every accepted form comes back as an RGB PIL image.
 
-    Accepts a PIL image, encoded bytes, a local path or URL, or an array (H, W, C) / (C, H, W). Raises a
-    `ValueError` naming `name` for undecodable or truncated data, decompression bombs and empty images.
+    Accepts a PIL image (any mode), encoded bytes, a local path (`str` or `pathlib.Path`), an http(s) URL, or an
+    array or CPU tensor of shape (H, W) (grey), (H, W, C) or (C, H, W) with C = 1, 3 or 4: uint8 (0-255), uint16
+    (0-65535) or float already in [0, 1]. Raises a `ValueError` naming `name` for anything else: undecodable or
+    truncated data, an unreachable URL, decompression bombs, empty images, NaN/inf or out-of-range float pixels.
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
         image = _decode(io.BytesIO(bytes(image)), name)
     elif isinstance(image, (str, os.PathLike)):
-        image = _decode(image, name)
-    if isinstance(image, PIL.Image.Image):
-        if image.width == 0 or image.height == 0:
-            raise ValueError(f"{name} is empty ({image.width}x{image.height} pixels).")
-        return _pil_to_rgb(image)
-    shape = getattr(image, "shape", None)
-    if shape is None:
-        raise ValueError(f"{name} must be a PIL image, bytes, a path or URL, or an array; got {type(image).__name__}.")
-    if len(shape) not in (2, 3) or 0 in tuple(shape):
-        raise ValueError(f"{name} must be a non-empty (H, W[, C]) or (C, H, W) array, got shape {tuple(shape)}.")
-    return image
+        image = _decode(os.fspath(image), name)
+    elif not isinstance(image, PIL.Image.Image):
+        image = _array_to_pil(image, name)
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"{name} is empty ({image.width}x{image.height} pixels).")
+    return _pil_to_rgb(image)
 
 
 def _decode(source, name: str) -> PIL.Image.Image:
+    """`source`: a BytesIO, a local path, an http(s) URL or a base64 string."""
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        source = _fetch(source, name)
     try:
         with warnings.catch_warnings():
             # Between 1x and 2x PIL's pixel limit PIL only warns; refuse those too rather than decode them.
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            image = load_image(source) if isinstance(source, (str, os.PathLike)) else PIL.Image.open(source)
+            if isinstance(source, str) and not os.path.isfile(source):
+                image = load_image(source)  # base64, else an error saying which sources are accepted
+            else:
+                image = PIL.Image.open(source)  # as stored: 16-bit grey is rescaled by `_pil_to_rgb`, not clipped
             image.load()  # decode now, so truncated data fails here and not deep inside preprocessing
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
         raise ValueError(
@@ -85,6 +89,57 @@ def _decode(source, name: str) -> PIL.Image.Image:
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"{name} could not be decoded as an image: {error}") from error
     return image
+
+
+def _fetch(url: str, name: str) -> io.BytesIO:
+    """The body at `url`. (`transformers.image_utils.load_image` fetches too, but neither checks the HTTP status nor
+    names the failing input.)"""
+    from huggingface_hub.utils import httpx  # the HTTP client transformers uses
+
+    try:
+        response = httpx.get(url, timeout=30, follow_redirects=True)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        raise ValueError(
+            f"{name}: the URL {url} could not be fetched ({error}). Check the address and the network, or download "
+            "the image and pass its path."
+        ) from error
+    return io.BytesIO(response.content)
+
+
+def _is_one_frame(value) -> bool:
+    return isinstance(value, (PIL.Image.Image, str, bytes, os.PathLike)) or getattr(value, "ndim", 4) < 4
+
+
+def _array_to_pil(array, name: str) -> PIL.Image.Image:
+    shape = tuple(getattr(array, "shape", ()))
+    if not shape:
+        raise ValueError(f"{name} must be a PIL image, bytes, a path or URL, or an array; got {type(array).__name__}.")
+    values = np.asarray(array)
+    if values.ndim == 3 and values.shape[0] in (1, 3, 4) and values.shape[-1] not in (1, 3, 4):
+        values = values.transpose(1, 2, 0)  # (C, H, W) → (H, W, C)
+    if values.ndim == 3 and values.shape[-1] == 1:
+        values = values[..., 0]
+    if values.ndim not in (2, 3) or values.size == 0 or (values.ndim == 3 and values.shape[-1] not in (3, 4)):
+        raise ValueError(
+            f"{name} must be a non-empty (H, W), (H, W, C) or (C, H, W) array with 1, 3 or 4 channels, got shape "
+            f"{shape}."
+        )
+    if values.dtype == np.uint16:
+        values = np.round(values / 257.0).astype(np.uint8)  # 65535 → 255, as 16-bit PIL images
+    elif np.issubdtype(values.dtype, np.floating):
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name} holds NaN or infinite values.")
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"{name} is a float array with values in [{low:g}, {high:g}]; float pixels must already be rescaled "
+                "to [0, 1]. Pass 0-255 pixels as uint8."
+            )
+        values = np.round(values * 255.0).astype(np.uint8)
+    elif values.dtype != np.uint8:
+        raise ValueError(f"{name} has dtype {values.dtype}; pass uint8 (0-255), uint16 or float (0-1) pixels.")
+    return PIL.Image.fromarray(values)  # mode L, RGB or RGBA
 
 
 def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -99,6 +154,27 @@ def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
+
+
+# Fast tokenizers keep each call's padding and truncation settings in state shared by all callers; calls from
+# several threads at once would apply one call's settings to another's text. Tokenization is serialized.
+_TOKENIZER_LOCK = threading.Lock()
+
+# A saved tokenizer holds at least one of these (fast tokenizers: tokenizer.json; slow ones: their vocabulary).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.txt", "vocab.json")
+
+
+def _check_tokenizer_files(directory: Path, name: str) -> None:
+    if not any((directory / file).is_file() for file in TOKENIZER_FILES):
+        raise OSError(
+            f"The {name} is missing: {directory} holds none of {list(TOKENIZER_FILES)}. Save the processor with "
+            "save_pretrained; no other tokenizer is substituted."
+        )
+    for path in directory.glob("*.json"):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise OSError(f"{path} ({name}) is corrupt: {error}.") from error
 
 
 def _truncate_left(ids: list[int], special_mask: list[int], max_length: int) -> list[int]:
@@ -216,10 +292,11 @@ class InstructBlipProcessor(ProcessorMixin):
             qformer_text = [self._without_llm_special_tokens(t) for t in qformer_text]
             if len(qformer_text) != len(text):
                 raise ValueError(f"Got {len(text)} texts but {len(qformer_text)} qformer_text: pass one of each.")
-            llm_inputs = self._tokenize_llm(
-                text, frames * self.num_query_tokens, output_kwargs["text_kwargs"], llm_max_length
-            )
-            qformer_inputs = self._tokenize_qformer(qformer_text, output_kwargs["text_kwargs"])
+            with _TOKENIZER_LOCK:
+                llm_inputs = self._tokenize_llm(
+                    text, frames * self.num_query_tokens, output_kwargs["text_kwargs"], llm_max_length
+                )
+                qformer_inputs = self._tokenize_qformer(qformer_text, output_kwargs["text_kwargs"])
             encoding.update(llm_inputs, qformer_input_ids=qformer_inputs["input_ids"],
                             qformer_attention_mask=qformer_inputs["attention_mask"])
         return BatchFeature(encoding, tensor_type=return_tensors)
@@ -240,6 +317,12 @@ class InstructBlipProcessor(ProcessorMixin):
         """videos: a list of videos, each a list of frames (or an array (T, H, W, C)) → (B, T, 3, H, W)."""
         if not videos:
             raise ValueError("videos is an empty list.")
+        frames_given = [i for i, video in enumerate(videos) if not hasattr(video, "__len__") or _is_one_frame(video)]
+        if frames_given:
+            raise ValueError(
+                f"videos must be a list of videos, each a list of frames or a (frames, H, W, C) array; videos"
+                f"{frames_given[:5]} are single frames. For one video pass videos=[frames]."
+            )
         lengths = {len(video) for video in videos}
         if len(lengths) != 1 or 0 in lengths:
             raise ValueError(f"Every video needs the same, non-zero number of frames; got lengths {sorted(lengths)}.")
@@ -327,6 +410,19 @@ class InstructBlipProcessor(ProcessorMixin):
             ]
             kwargs["processor_kwargs"] = {**(kwargs.get("processor_kwargs") or {}), "qformer_text": instructions}
         return super().apply_chat_template(conversation, chat_template, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`ProcessorMixin.from_pretrained`, refusing a local folder whose tokenizer files are missing or corrupt.
+
+        transformers would otherwise fall back to another tokenizer: the LLM's in place of a missing Q-Former
+        tokenizer, or a default one, and the model would read wrong ids without an error.
+        """
+        folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        if folder.is_dir():
+            for name, directory in (("LLM tokenizer", folder), ("Q-Former tokenizer", folder / "qformer_tokenizer")):
+                _check_tokenizer_files(directory, name)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(self, save_directory, **kwargs):
         """Save like any processor, minus the `processor_class` name.

@@ -2,25 +2,22 @@
 
 import logging
 import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.dynamic_module_utils import custom_object_save
-from transformers.utils.hub import convert_file_size_to_int
 
 from ..configuration_instructblip import PRESETS, InstructBlipConfig
 from ..modeling_instructblip import InstructBlipForConditionalGeneration
 from ..processing_instructblip import InstructBlipProcessor
 from .errors import ConversionError
-from .inference import (
-    bert_settings_from_config,
-    infer_qformer_config,
-    infer_vision_config,
-    lavis_text_config,
-    num_query_tokens,
-)
+from .config_from_shapes import bert_settings_from_config, infer_qformer_config, infer_vision_config, num_query_tokens
+from .families import LlmFamily, family_of
 from .loading import WeightFile, load_state_dict, open_llm_weights, resolve_llm
 from .mapping import IGNORED_SUFFIXES, check_state_dict, drop_ignored_keys, rename_state_dict, select_eva_blocks
 from .text import lavis_generation_config, lavis_processor
@@ -29,6 +26,86 @@ from .writing import LazyTensor, model_card, output_dtype, write_weights
 logger = logging.getLogger(__name__)
 
 LLM_PREFIX = "language_model."
+
+
+def convert_lavis_checkpoint(
+    lavis_checkpoint: str | Path,
+    llm: str,
+    output_dir: str | Path,
+    *,
+    vit_checkpoint: str | Path | None = None,
+    qformer_tokenizer: str = "bert-base-uncased",
+    variant: str | None = None,
+    vision_layers: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    vision_attention_heads: int | None = None,
+    qformer_overrides: dict | None = None,
+) -> Path:
+    """Convert a LAVIS InstructBLIP checkpoint into `output_dir` (weights, config, generation config, processor,
+    model card and the package's model code for `trust_remote_code`).
+
+    All or nothing: every input is checked (names, shapes, file integrity) before anything is written, and the
+    output is written into `<output_dir>.partial` beside it, which becomes `output_dir` only once complete
+    (`config.json` last). A run that fails removes it; a killed run leaves it, never `output_dir`, and the next
+    run replaces it.
+
+    Args:
+        lavis_checkpoint: LAVIS `.pth`, `{"model": state_dict}` or a raw state dict, trimmed or with the ViT.
+        llm: directory or Hub repo of the LLM the checkpoint was trained with (weights and tokenizer).
+        output_dir: where to write; created if needed. An existing non-empty folder is refused unless `overwrite`.
+        vit_checkpoint: raw EVA-CLIP ViT file (`eva_vit_g.pth`), for checkpoints without `visual_encoder.*`.
+        qformer_tokenizer: BERT tokenizer (and config, for the head count) of the Q-Former.
+        variant: released model (`vicuna7b`, `vicuna13b`, `flant5xl`, `flant5xxl`) the shapes must match; its
+            Q-Former settings are used when the Q-Former tokenizer comes without a BERT config.
+        vision_layers: ViT blocks to take from `vit_checkpoint` (default: all but the last if it has `norm.*`).
+        dtype: dtype of the floating-point weights (modules the model keeps in float32 stay float32).
+        max_shard_size: largest safetensors shard, e.g. `"5GB"` or a byte count.
+        overwrite: replace an existing non-empty `output_dir` whole (only once the new one is complete).
+        vision_attention_heads: overrides `vision width / 88`.
+        qformer_overrides: overrides of the BERT settings (`num_attention_heads`, `layer_norm_eps`, ...).
+    """
+    if variant is not None and variant not in PRESETS:
+        raise ConversionError(f"Unknown variant {variant!r}; choose one of {sorted(PRESETS)}.")
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, overwrite)
+    vit_path = Path(vit_checkpoint) if vit_checkpoint is not None else None
+    renamed, origins = rename_state_dict(read_lavis_weights(Path(lavis_checkpoint), vit_path, vision_layers))
+    llm_dir = resolve_llm(llm)
+    qformer_settings = {**read_qformer_settings(qformer_tokenizer, variant), **(qformer_overrides or {})}
+    try:
+        llm_config = AutoConfig.from_pretrained(llm_dir)
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"--llm {llm}: no readable config.json in {llm_dir} ({error}).") from error
+    family = family_of(origins.values(), llm_config, llm)
+    config, processor = lavis_config(
+        renamed, llm_dir, llm_config, family, qformer_tokenizer, qformer_settings, vision_attention_heads
+    )
+    if variant is not None:
+        check_variant(config, variant)
+    with torch.device("meta"):
+        model = InstructBlipForConditionalGeneration(config)
+    llm_files = open_llm_weights(llm_dir)
+    inputs = ", ".join(str(path) for path in (lavis_checkpoint, vit_path, llm_dir) if path is not None)
+    tensors, notes = assemble(renamed, origins, llm_files, model, family, inputs)
+    keep_in_fp32 = float32_modules(model, dtype)
+    dtypes = {key: output_dtype(key, tensor, dtype, keep_in_fp32) for key, tensor in tensors.items()}
+    notes.insert(
+        0,
+        f"Vision tower: {config.vision_config.num_hidden_layers} EVA blocks, final LayerNorm from LAVIS's `ln_vision` "
+        f"(eps {config.vision_config.post_layernorm_eps}); weights written in {config.dtype}.",
+    )
+    sources = {
+        "LAVIS checkpoint": [Path(lavis_checkpoint)],
+        "ViT": [vit_path] if vit_path else [],
+        "LLM": [file.path for file in llm_files],
+    }
+    with written_atomically(output_dir) as staging:
+        write_weights(staging, tensors, dtypes, max_shard_size)
+        (staging / "README.md").write_text(model_card(sources, llm, variant, notes))
+        save_configs_and_code(staging, model, processor, dtype)  # config.json last: only a complete folder loads
+    return output_dir
 
 
 def read_lavis_weights(
@@ -158,6 +235,8 @@ def assemble(
     origins: dict[str, str],
     llm_files: list[WeightFile],
     model: InstructBlipForConditionalGeneration,
+    family: LlmFamily,
+    inputs: str,
 ) -> tuple[dict[str, LazyTensor], list[str]]:
     """Every tensor of the converted model, lazily, in write order, checked against `model` (on the meta device);
     plus notes for the model card. `renamed` are the HF-named LAVIS weights, `origins` their LAVIS names."""
@@ -184,95 +263,30 @@ def assemble(
             tensors[key] = grow_rows(tensors[key], vocab_size)
     shapes = {key: tensor.shape for key, tensor in tensors.items()}
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    check_state_dict(shapes, expected, optional=set(tied), origins={key: t.source for key, t in tensors.items()})
+    origins = {key: tensor.source for key, tensor in tensors.items()}
+    check_state_dict(shapes, expected, optional=set(tied), origins=origins, family=family, inputs=inputs)
     return tensors, notes
-
-
-def convert_lavis_checkpoint(
-    lavis_checkpoint: str | Path,
-    llm: str,
-    output_dir: str | Path,
-    *,
-    vit_checkpoint: str | Path | None = None,
-    qformer_tokenizer: str = "bert-base-uncased",
-    variant: str | None = None,
-    vision_layers: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    max_shard_size: int | str = "5GB",
-    vision_attention_heads: int | None = None,
-    qformer_overrides: dict | None = None,
-) -> Path:
-    """Convert a LAVIS InstructBLIP checkpoint into `output_dir` (weights, config, generation config, processor,
-    model card and the package's model code for `trust_remote_code`).
-
-    Args:
-        lavis_checkpoint: LAVIS `.pth`, `{"model": state_dict}` or a raw state dict, trimmed or with the ViT.
-        llm: directory or Hub repo of the LLM the checkpoint was trained with (weights and tokenizer).
-        output_dir: where to write; created if needed.
-        vit_checkpoint: raw EVA-CLIP ViT file (`eva_vit_g.pth`), for checkpoints without `visual_encoder.*`.
-        qformer_tokenizer: BERT tokenizer (and config, for the head count) of the Q-Former.
-        variant: released model (`vicuna7b`, `vicuna13b`, `flant5xl`, `flant5xxl`) the shapes must match; its
-            Q-Former settings are used when the Q-Former tokenizer comes without a BERT config.
-        vision_layers: ViT blocks to take from `vit_checkpoint` (default: all but the last if it has `norm.*`).
-        dtype: dtype of the floating-point weights (modules the model keeps in float32 stay float32).
-        max_shard_size: largest safetensors shard, e.g. `"5GB"` or a byte count.
-        vision_attention_heads: overrides `vision width / 88`.
-        qformer_overrides: overrides of the BERT settings (`num_attention_heads`, `layer_norm_eps`, ...).
-    """
-    if variant is not None and variant not in PRESETS:
-        raise ConversionError(f"Unknown variant {variant!r}; choose one of {sorted(PRESETS)}.")
-    output_dir = Path(output_dir)
-    vit_path = Path(vit_checkpoint) if vit_checkpoint is not None else None
-    renamed, origins = rename_state_dict(read_lavis_weights(Path(lavis_checkpoint), vit_path, vision_layers))
-    llm_dir = resolve_llm(llm)
-    qformer_settings = {**read_qformer_settings(qformer_tokenizer, variant), **(qformer_overrides or {})}
-    config, processor = lavis_config(renamed, llm_dir, qformer_tokenizer, qformer_settings, vision_attention_heads)
-    if variant is not None:
-        check_variant(config, variant)
-    with torch.device("meta"):
-        model = InstructBlipForConditionalGeneration(config)
-    llm_files = open_llm_weights(llm_dir)
-    tensors, notes = assemble(renamed, origins, llm_files, model)
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    keep_in_fp32 = float32_modules(model, dtype)
-    dtypes = {key: output_dtype(key, tensor, dtype, keep_in_fp32) for key, tensor in tensors.items()}
-    write_weights(output_dir, tensors, dtypes, convert_file_size_to_int(max_shard_size))
-    save_configs_and_code(output_dir, model, processor, dtype)
-    notes.insert(
-        0,
-        f"Vision tower: {config.vision_config.num_hidden_layers} EVA blocks, final LayerNorm from LAVIS's `ln_vision` "
-        f"(eps {config.vision_config.post_layernorm_eps}); weights written in {config.dtype}.",
-    )
-    sources = {
-        "LAVIS checkpoint": [Path(lavis_checkpoint)],
-        "ViT": [vit_path] if vit_path else [],
-        "LLM": [file.path for file in llm_files],
-    }
-    (output_dir / "README.md").write_text(model_card(sources, llm, variant, notes))
-    return output_dir
 
 
 def lavis_config(
     renamed: dict[str, torch.Tensor],
     llm_dir: Path,
+    llm_config: PreTrainedConfig,
+    family: LlmFamily,
     qformer_tokenizer: str,
     qformer_settings: dict,
     vision_attention_heads: int | None,
 ) -> tuple[InstructBlipConfig, InstructBlipProcessor]:
     """The model configuration read off the tensors, and the LAVIS processor, whose tokenizer fixes the LLM
     vocabulary size and the image token."""
-    llm_config = AutoConfig.from_pretrained(llm_dir)
     vision_config = infer_vision_config(renamed, vision_attention_heads)
     queries = num_query_tokens(renamed)
-    processor = lavis_processor(
-        llm_dir, llm_config.is_encoder_decoder, qformer_tokenizer, vision_config["image_size"], queries
-    )
+    processor = lavis_processor(llm_dir, family, qformer_tokenizer, vision_config["image_size"], queries)
     vocab_size = max(llm_config.vocab_size, len(processor.tokenizer))
     config = InstructBlipConfig(
         vision_config=vision_config,
         qformer_config=infer_qformer_config(renamed, qformer_settings),
-        text_config=lavis_text_config(llm_config, vocab_size, processor.tokenizer),
+        text_config=family.text_config(llm_config, vocab_size, processor.tokenizer),
         num_query_tokens=queries,
         image_token_index=processor.image_token_id,
     )
@@ -288,10 +302,51 @@ def save_configs_and_code(
     config.dtype = str(dtype).removeprefix("torch.")
     config.architectures = [type(model).__name__]
     custom_object_save(model, output_dir, config=config)
-    config.save_pretrained(output_dir)
     # GenerationConfig.save_pretrained rejects top_p without sampling; LAVIS keeps it as its sampling default.
     lavis_generation_config(config.text_config.to_dict()).to_json_file(output_dir / "generation_config.json")
     processor.save_pretrained(output_dir)
+    config.save_pretrained(output_dir)
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output that is a file or a non-empty folder (unless `overwrite`)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConversionError(f"--output {output_dir} is a file; give a folder.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ConversionError(
+            f"--output {output_dir} exists and is not empty; pass --overwrite to replace it whole, or choose "
+            "another folder."
+        )
+
+
+@contextmanager
+def written_atomically(output_dir: Path) -> Iterator[Path]:
+    """A staging folder `<output_dir>.partial` that replaces `output_dir` whole once the block completes.
+
+    The staging folder is removed if the block fails; one left by a killed run is removed by the next, as is a
+    `<output_dir>.replaced` left between the two renames at the end. A disk that fills up is reported with the
+    folder being written.
+    """
+    staging, replaced = (output_dir.with_name(output_dir.name + suffix) for suffix in (".partial", ".replaced"))
+    for leftover in (staging, replaced):
+        if leftover.exists():
+            logger.warning("Removing %s, left by an interrupted conversion.", leftover)
+            shutil.rmtree(leftover)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ConversionError(f"Writing the converted model into {staging} failed: {error}") from error
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output_dir.exists():  # an empty folder, or one --overwrite replaces
+        output_dir.rename(replaced)
+        staging.rename(output_dir)
+        shutil.rmtree(replaced)
+    else:
+        staging.rename(output_dir)
 
 
 def push_to_hub(output_dir: str | Path, repo_id: str, private: bool = False) -> str:

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .errors import ConversionError
 
@@ -21,15 +22,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"Checkpoint {path} does not exist.")
-    try:
-        # mmap needs the zip format of torch >= 1.6; older (legacy) files are read into memory.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as error:
-        raise ConversionError(
-            f"Refusing to load {path}: it is a pickle that needs code to be rebuilt (torch.load(weights_only=True) "
-            f"failed), and running it could execute arbitrary code. Load it yourself in a trusted environment and "
-            f"re-save only its tensors with torch.save(state_dict, path).\nDetails: {str(error).splitlines()[0]}"
-        ) from error
+    checkpoint = _torch_load(path)
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(state_dict, dict):
         raise ConversionError(f"{path} holds a {type(state_dict).__name__}, expected a state dict.")
@@ -37,6 +30,36 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not_tensors:
         raise ConversionError(f"{path}: these entries of the state dict are not tensors: {not_tensors}")
     return strip_module_prefix(state_dict)
+
+
+def _is_zip_format(path: Path) -> bool:
+    """Whether `path` is a torch >= 1.6 (zip-format) checkpoint; raises if it is one that was cut short."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as file:
+        if file.read(4) == b"PK\x03\x04":
+            raise ConversionError(
+                f"{path} is truncated or corrupt: it starts like a torch checkpoint (zip format) but its end, the zip "
+                "directory, is missing. Download or copy it again."
+            )
+    return False
+
+
+def _torch_load(path: Path):
+    is_zip = _is_zip_format(path)
+    try:
+        # mmap needs the zip format of torch >= 1.6; older (legacy) files are read into memory.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as error:
+        if not str(error).startswith("Weights only load failed"):
+            raise ConversionError(f"{path} is corrupt, not a torch checkpoint: {error}") from error
+        raise ConversionError(
+            f"Refusing to load {path}: it is a pickle that needs code to be rebuilt (torch.load(weights_only=True) "
+            f"failed), and running it could execute arbitrary code. Load it yourself in a trusted environment and "
+            f"re-save only its tensors with torch.save(state_dict, path).\nDetails: {str(error).splitlines()[0]}"
+        ) from error
+    except Exception as error:  # noqa: BLE001 - torch reports damaged files as OSError, RuntimeError, IndexError...
+        raise ConversionError(f"{path} is truncated or corrupt: torch.load failed with {error!r}.") from error
 
 
 def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,11 +86,17 @@ class SafetensorsFile:
     """One `.safetensors` file, read tensor by tensor.
 
     `safetensors.safe_open` memory-maps the file, and every page it touched stays resident until the handle is
-    closed, so streaming a 10 GB shard through it costs 10 GB of RSS. Here each `read` copies just one tensor.
+    closed, so streaming a 10 GB shard through it costs 10 GB of RSS. Here each `read` copies just one tensor;
+    `safe_open` only validates the file when it is opened.
     """
 
     def __init__(self, path: Path):
         self.path = path
+        try:
+            with safe_open(path, framework="pt"):  # checks every tensor's byte range and the file size
+                pass
+        except SafetensorError as error:
+            raise ConversionError(f"{path} is truncated or corrupt ({error}). Download or copy it again.") from error
         with open(path, "rb") as file:
             (header_size,) = struct.unpack("<Q", file.read(8))
             header = json.loads(file.read(header_size))
@@ -94,7 +123,9 @@ class SafetensorsFile:
         buffer = bytearray(end - begin)
         with open(self.path, "rb") as file:
             file.seek(self._data_start + begin)
-            file.readinto(buffer)
+            read = file.readinto(buffer)
+        if read != end - begin:
+            raise ConversionError(f"{self.path} was truncated while converting: {key} is incomplete.")
         return torch.frombuffer(buffer, dtype=self.dtype(key)).reshape(self.shape(key))
 
 
@@ -106,7 +137,7 @@ class TorchFile:
     """
 
     def __init__(self, path: Path):
-        if not zipfile.is_zipfile(path):
+        if not _is_zip_format(path):
             raise ConversionError(f"{path} uses torch's legacy (pre-1.6) format; re-save it with torch.save.")
         self.path = path
         self._entries = {key: (tuple(tensor.shape), tensor.dtype) for key, tensor in load_state_dict(path).items()}
@@ -137,13 +168,32 @@ def open_llm_weights(llm_dir: Path) -> list[WeightFile]:
     """The weight files of a Hugging Face model directory, sharded or not, safetensors preferred."""
     for index_name, single_name in _WEIGHT_LAYOUTS:
         if (llm_dir / index_name).is_file():
-            weight_map = json.loads((llm_dir / index_name).read_text())["weight_map"]
-            names = dict.fromkeys(weight_map.values())  # shard names in first-use order, without repeats
-            return [_open_weight_file(llm_dir / name) for name in names]
+            return _open_indexed(llm_dir / index_name)
         if (llm_dir / single_name).is_file():
             return [_open_weight_file(llm_dir / single_name)]
     expected = ", ".join(name for layout in _WEIGHT_LAYOUTS for name in layout)
     raise ConversionError(f"LLM directory {llm_dir} holds none of the weight files {expected}.")
+
+
+def _open_indexed(index_path: Path) -> list[WeightFile]:
+    """The shards an index names, each checked to hold exactly the tensors the index assigns to it."""
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConversionError(f"{index_path} is corrupt: no readable weight_map ({error!r}).") from error
+    listed = {}
+    for key, name in weight_map.items():
+        listed.setdefault(name, set()).add(key)
+    files = [_open_weight_file(index_path.parent / name) for name in listed]  # shard order: first use in the index
+    for file in files:
+        held = set(file.names())
+        if held != listed[file.path.name]:
+            absent, extra = sorted(listed[file.path.name] - held), sorted(held - listed[file.path.name])
+            raise ConversionError(
+                f"{file.path} does not hold what {index_path.name} lists for it: missing {absent[:5]}, "
+                f"not listed {extra[:5]}."
+            )
+    return files
 
 
 def _open_weight_file(path: Path) -> WeightFile:

@@ -9,12 +9,13 @@ import re
 import torch
 
 from .errors import ConversionError
+from .families import FAMILIES, LlmFamily
 
 # LAVIS saves buffers that the HF modules recompute (Q-Former `position_ids`, LLaMA rotary `inv_freq`).
 IGNORED_SUFFIXES = (".position_ids", "rotary_emb.inv_freq")
 
 # (LAVIS prefix, HF prefix): the first matching prefix of a key is replaced.
-PREFIX_RENAMES = (
+_IMAGE_SIDE_RENAMES = (
     ("visual_encoder.cls_token", "vision_model.embeddings.class_embedding"),
     ("visual_encoder.pos_embed", "vision_model.embeddings.position_embedding"),
     ("visual_encoder.patch_embed.proj.", "vision_model.embeddings.patch_embedding."),
@@ -23,10 +24,11 @@ PREFIX_RENAMES = (
     ("Qformer.bert.embeddings.LayerNorm.", "qformer.embeddings.layernorm."),
     ("Qformer.bert.", "qformer."),
     ("query_tokens", "query_tokens"),
-    ("llm_proj.", "language_projection."),
-    ("t5_proj.", "language_projection."),
-    ("llm_model.", "language_model."),
-    ("t5_model.", "language_model."),
+)
+PREFIX_RENAMES = (
+    *_IMAGE_SIDE_RENAMES,
+    *((family.projection_prefix, "language_projection.") for family in FAMILIES),
+    *((family.llm_prefix, "language_model.") for family in FAMILIES),
 )
 
 # (LAVIS infix, HF infix) inside vision blocks and Q-Former layers; LLM keys are HF names already.
@@ -100,6 +102,23 @@ def rename_key(lavis_key: str) -> str:
     return key
 
 
+def lavis_name(key: str, family: LlmFamily) -> str:
+    """Where the converter looks for the tensor `key` (an HF name): its LAVIS name, or the LLM's own files."""
+    if key.startswith("language_model."):
+        return f"{key.removeprefix('language_model.')} of the --llm weights"
+    if key.endswith(".self_attn.qkv.bias"):  # fused from EVA's q and v biases
+        block = lavis_name(key.removesuffix("bias") + "weight", family).removesuffix("qkv.weight")
+        return f"{block}q_bias + {block}v_bias"
+    renames = [*_IMAGE_SIDE_RENAMES, (family.projection_prefix, "language_projection.")]
+    for lavis_prefix, hf_prefix in sorted(renames, key=lambda pair: -len(pair[1])):
+        if key.startswith(hf_prefix):
+            lavis_key = lavis_prefix + key.removeprefix(hf_prefix)
+            for lavis_infix, hf_infix in INFIX_RENAMES:
+                lavis_key = lavis_key.replace(hf_infix, lavis_infix)
+            return lavis_key
+    return key
+
+
 def rename_state_dict(lavis_state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """HF-named tensors, and for each HF name the LAVIS name it came from (for error messages)."""
     fused = fuse_qv_biases(lavis_state_dict)
@@ -117,14 +136,17 @@ def check_state_dict(
     expected: dict[str, tuple[int, ...]],
     optional: set[str],
     origins: dict[str, str],
+    family: LlmFamily,
+    inputs: str,
 ) -> None:
     """Raise unless `shapes` names exactly the `expected` tensors (those in `optional` may be absent) with equal
-    shapes. The error lists every offending key, with the source key it came from."""
+    shapes. The error names the `inputs` and lists every offending key under its new name and where it came from
+    (`origins`: the LAVIS name or LLM file of each tensor given) or, for a missing one, where it was looked for."""
 
     def named(key: str) -> str:
-        return f"{key} (from {origins[key]})" if key in origins and origins[key] != key else key
+        return f"{key} (from {origins[key]})" if origins[key] != key else f"{key} (no conversion rule renames it)"
 
-    missing = sorted(expected.keys() - shapes.keys() - optional)
+    missing = sorted(f"{key} (LAVIS: {lavis_name(key, family)})" for key in expected.keys() - shapes.keys() - optional)
     unexpected = sorted(named(key) for key in shapes.keys() - expected.keys())
     mismatched = sorted(
         f"{named(key)}: checkpoint {list(shapes[key])} vs model {list(expected[key])}"
@@ -137,4 +159,4 @@ def check_state_dict(
         if keys
     ]
     if problems:
-        raise ConversionError("The converted weights do not match the model:\n" + "\n".join(problems))
+        raise ConversionError(f"The weights of {inputs} do not match the model:\n" + "\n".join(problems))

@@ -1,4 +1,5 @@
-"""Tokenizers, image processor and generation defaults set up exactly as LAVIS's InstructBLIP uses them."""
+"""Q-Former tokenizer, image processor and generation defaults set up exactly as LAVIS's InstructBLIP uses them
+(the LLM tokenizer's set-up depends on the LLM family: see `families.py`)."""
 
 from pathlib import Path
 
@@ -6,7 +7,7 @@ from transformers import AutoTokenizer, BlipImageProcessorPil, GenerationConfig
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 from ..processing_instructblip import InstructBlipProcessor
-from .errors import ConversionError
+from .families import LlmFamily
 
 # `Blip2VicunaInstruct.generate` / `Blip2T5Instruct.generate` defaults. top_p only acts when sampling is switched
 # on (LAVIS's use_nucleus_sampling), as with `do_sample=True` here.
@@ -18,27 +19,6 @@ LAVIS_GENERATION_DEFAULTS = {
     "repetition_penalty": 1.5,
     "length_penalty": 1.0,
 }
-
-
-def vicuna_tokenizer(llm_dir: Path):
-    """Vicuna's tokenizer with LAVIS's special tokens: `[PAD]` is new (id 32000 for Vicuna) and bos = eos = unk =
-    `</s>`, so every prompt starts with `</s>` (id 2), as the released models were trained."""
-    tokenizer = AutoTokenizer.from_pretrained(llm_dir, truncation_side="left", padding_side="left")
-    tokenizer.add_special_tokens({"pad_token": "[PAD]", "bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>"})
-    # Changing bos_token alone leaves the old `<s>` in the post-processor; setting the flag rebuilds it.
-    tokenizer.add_bos_token = True
-    first_id = tokenizer("a").input_ids[0]
-    if first_id != tokenizer.bos_token_id:
-        raise ConversionError(
-            f"The tokenizer of {llm_dir} ({type(tokenizer).__name__}) does not start prompts with </s> "
-            f"(id {tokenizer.bos_token_id}) but with id {first_id}; LAVIS's Vicuna prompts do."
-        )
-    return tokenizer
-
-
-def t5_tokenizer(llm_dir: Path):
-    """Flan-T5's tokenizer; LAVIS truncates instructions from the left."""
-    return AutoTokenizer.from_pretrained(llm_dir, truncation_side="left")
 
 
 def qformer_tokenizer(name_or_path: str):
@@ -60,10 +40,12 @@ def image_processor(image_size: int) -> BlipImageProcessorPil:
     )
 
 
-def lavis_processor(llm_dir: Path, is_encoder_decoder: bool, qformer_name: str, image_size: int, num_query_tokens: int):
-    tokenizer = t5_tokenizer(llm_dir) if is_encoder_decoder else vicuna_tokenizer(llm_dir)
+def lavis_processor(llm_dir: Path, family: LlmFamily, qformer_name: str, image_size: int, num_query_tokens: int):
     return InstructBlipProcessor(
-        image_processor(image_size), tokenizer, qformer_tokenizer(qformer_name), num_query_tokens=num_query_tokens
+        image_processor(image_size),
+        family.tokenizer(llm_dir),
+        qformer_tokenizer(qformer_name),
+        num_query_tokens=num_query_tokens,
     )
 
 

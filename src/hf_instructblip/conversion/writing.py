@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
 
 from .loading import SAFETENSORS_DTYPE_NAMES
 
@@ -38,29 +39,14 @@ def output_dtype(key: str, tensor: LazyTensor, dtype: torch.dtype, keep_in_fp32:
     return torch.float32 if keep_in_fp32 & set(key.split(".")) else dtype
 
 
-def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    return torch.Size(shape).numel() * dtype.itemsize
-
-
-def plan_shards(sizes: dict[str, int], max_shard_bytes: int) -> list[list[str]]:
-    """Keys grouped in order into shards of at most `max_shard_bytes` (a larger tensor gets a shard of its own)."""
-    shards, current, current_bytes = [], [], 0
-    for key, size in sizes.items():
-        if current and current_bytes + size > max_shard_bytes:
-            shards.append(current)
-            current, current_bytes = [], 0
-        current.append(key)
-        current_bytes += size
-    if current:
-        shards.append(current)
-    return shards
-
-
 def write_safetensors(path: Path, tensors: dict[str, LazyTensor], dtypes: dict[str, torch.dtype]) -> None:
-    """A safetensors file written header first, then each tensor as it is loaded."""
+    """A safetensors file written header first, then each tensor as it is loaded.
+
+    `safetensors.torch.save_file` needs the whole shard in memory at once; this writer holds one tensor.
+    """
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for key, tensor in tensors.items():
-        size = _nbytes(tensor.shape, dtypes[key])
+        size = torch.Size(tensor.shape).numel() * dtypes[key].itemsize
         header[key] = {
             "dtype": SAFETENSORS_DTYPE_NAMES[dtypes[key]],
             "shape": list(tensor.shape),
@@ -80,21 +66,18 @@ def write_safetensors(path: Path, tensors: dict[str, LazyTensor], dtypes: dict[s
 
 
 def write_weights(
-    output_dir: Path, tensors: dict[str, LazyTensor], dtypes: dict[str, torch.dtype], max_shard_bytes: int
+    output_dir: Path, tensors: dict[str, LazyTensor], dtypes: dict[str, torch.dtype], max_shard_size: int | str
 ) -> list[Path]:
-    """`model.safetensors`, or `model-0000i-of-0000n.safetensors` shards plus `model.safetensors.index.json`."""
-    sizes = {key: _nbytes(tensor.shape, dtypes[key]) for key, tensor in tensors.items()}
-    shards = plan_shards(sizes, max_shard_bytes)
-    if len(shards) == 1:
-        names = ["model.safetensors"]
-    else:
-        names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
-        weight_map = {key: name for name, keys in zip(names, shards) for key in keys}
-        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+    """`model.safetensors`, or `model-0000i-of-0000n.safetensors` shards plus `model.safetensors.index.json`,
+    laid out by `huggingface_hub`'s shard planner from shapes alone (meta tensors)."""
+    planned = {key: torch.empty(tensor.shape, dtype=dtypes[key], device="meta") for key, tensor in tensors.items()}
+    split = split_torch_state_dict_into_shards(planned, max_shard_size=max_shard_size)
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         (output_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    for name, keys in zip(names, shards):
+    for name, keys in split.filename_to_tensors.items():
         write_safetensors(output_dir / name, {key: tensors[key] for key in keys}, dtypes)
-    return [output_dir / name for name in names]
+    return [output_dir / name for name in split.filename_to_tensors]
 
 
 def sha256(path: Path) -> str:
@@ -122,7 +105,7 @@ tags:
 
 # {title}, converted from LAVIS
 
-Converted from Salesforce LAVIS weights with `conversion/convert_lavis_to_hf.py` of the `hf_instructblip`
+Converted from Salesforce LAVIS weights with `python -m hf_instructblip.conversion` of the `hf_instructblip`
 package. The language model is `{llm}`.
 
 ## Sources

@@ -337,7 +337,10 @@ def prepare_dataset(
         out = {column: [] for column in OUTPUT_COLUMNS}
         for position, index in enumerate(batch[INDEX_COLUMN]):
             row = {role: batch[column][position] for role, column in role_to_column.items()}
-            text_input, text_output = recipe.build_texts(row, example_rng(seed, name, index))
+            try:
+                text_input, text_output = recipe.build_texts(row, example_rng(seed, name, index))
+            except (KeyError, TypeError, ValueError, IndexError) as error:
+                raise ValueError(f"Dataset {name!r}, row {index}: {error!r}") from error
             out["image"].append(
                 _decode_or_skip(row["image"], name=name, index=index, image_root=image_root, on_bad_image=on_bad_image)
             )
@@ -346,6 +349,33 @@ def prepare_dataset(
         return out
 
     return dataset.with_transform(transform, columns=[INDEX_COLUMN, *role_to_column.values()])
+
+
+def as_training_dataset(dataset, name: str):
+    """`dataset` as the trainer reads it, checked before the first step.
+
+    A prepared dataset (see [`prepare_dataset`]) passes as it is. A `datasets.Dataset` that is not must already
+    have `image`, `text_input` and `text_output` columns whose texts are all strings (checked now, column by
+    column, without decoding images); it is then read through the `custom` recipe, so that an unreadable image
+    names its dataset and row (skipped and counted, as in prepared datasets). Other datasets pass unchecked.
+    """
+    if not isinstance(dataset, datasets.Dataset) or INDEX_COLUMN in dataset.column_names:
+        return dataset
+    missing = [column for column in OUTPUT_COLUMNS if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"Training dataset {name!r} has no column(s) {missing}; its columns are {dataset.column_names}. "
+            f"Prepare it with prepare_dataset(dataset, <recipe>, name={name!r}): a recipe reads your columns."
+        )
+    for column in ("text_input", "text_output"):
+        bad = [(row, value) for row, value in enumerate(dataset[column]) if not isinstance(value, str)]
+        if bad:
+            rows, values = [row for row, _ in bad[:5]], [value for _, value in bad[:5]]
+            raise ValueError(
+                f"Training dataset {name!r}, column {column!r}: {len(bad)} rows are not strings, e.g. rows {rows} "
+                f"hold {values!r}. Fix or drop them (dataset.filter) before training."
+            )
+    return prepare_dataset(dataset, "custom", name=name)
 
 
 def load_source(path_or_id: str, split: str = "train") -> datasets.Dataset:
@@ -368,6 +398,7 @@ __all__ = [
     "HELD_IN_DATASETS",
     "RECIPES",
     "Recipe",
+    "as_training_dataset",
     "caption_texts",
     "conversation_texts",
     "load_source",

@@ -21,21 +21,28 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.training_args import ParallelMode
 
 from ..evaluation.metrics import answer_metrics
 from .collator import IGNORE_INDEX, InstructBlipDataCollator
 from .mixture import ConcatenatedDatasets, MixtureSampler
+from .recipes import as_training_dataset
 
 logger = logging.getLogger(__name__)
 
+# Checkpoints are written under this folder of `output_dir`, then renamed into place (see `_save_checkpoint`).
+CHECKPOINT_STAGING_DIR = ".checkpoint-in-progress"
 FREEZE_FLAGS = ("train_vision_model", "train_vision_post_layernorm", "train_qformer", "train_language_projection",
                 "train_language_model")
 
@@ -289,6 +296,8 @@ class InstructBlipTrainer(Trainer):
     ):
         if "train_dataset" in kwargs or "eval_dataset" in kwargs:
             raise ValueError("Pass named datasets as train_datasets={name: ds} and eval_datasets={name: ds}.")
+        train_datasets = {name: as_training_dataset(ds, name) for name, ds in (train_datasets or {}).items()}
+        eval_datasets = {name: as_training_dataset(ds, name) for name, ds in (eval_datasets or {}).items()}
         args = args if args is not None else InstructBlipTrainingArguments(output_dir="instructblip-tuned")
         if not isinstance(args, InstructBlipTrainingArguments):
             raise TypeError(
@@ -372,6 +381,45 @@ class InstructBlipTrainer(Trainer):
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     # --- checkpoints and model card ----------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        """`Trainer`'s checkpoint, written into a staging folder and renamed to `checkpoint-<step>` only once
+        complete, so that `resume_from_checkpoint=True` never picks a half-written one (full disk, killed job). A
+        failed write removes the staging folder and says which checkpoint failed; earlier ones are untouched.
+        (`Trainer` has no public hook around its checkpoint writes.)"""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root, final = os.path.join(run_dir, CHECKPOINT_STAGING_DIR), os.path.join(run_dir, name)
+        staged = os.path.join(staging_root, name)
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)  # left by a killed run
+        self.accelerator.wait_for_everyone()
+        self._checkpoint_staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
+            shutil.rmtree(staging_root, ignore_errors=True)
+            raise OSError(
+                getattr(error, "errno", None),
+                f"Could not save checkpoint {final}: {getattr(error, 'strerror', None) or error}. Checkpoints saved "
+                f"before it in {run_dir} are complete; free space (or lower save_total_limit) and resume.",
+            ) from error
+        finally:
+            self._checkpoint_staging_root = None
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            shutil.rmtree(final, ignore_errors=True)  # the same step saved again
+            os.rename(staged, final)
+            os.rmdir(staging_root)
+            if self.state.best_model_checkpoint == staged:
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(final, TRAINER_STATE_NAME))
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial):
+        # While a checkpoint is saved, `Trainer` writes it under the staging folder (see `_save_checkpoint`).
+        return getattr(self, "_checkpoint_staging_root", None) or super()._get_output_dir(trial)
 
     def create_model_card(self, *args, **kwargs):
         """`Trainer`'s card (hyper-parameters, evaluation results) plus the training mixture."""

@@ -1,4 +1,4 @@
-"""Model configuration read off the converted tensors' shapes, so that a checkpoint of any size converts.
+"""The model configuration read off the converted tensors' shapes, so that a checkpoint of any size converts.
 
 Shapes fix every dimension but the attention head counts: EVA ViT-g uses heads of width 88, and the Q-Former
 takes its heads from the BERT config that ships with its tokenizer (bert-base-uncased: 12). Both can be overridden.
@@ -105,26 +105,3 @@ def bert_settings_from_config(config: PreTrainedConfig) -> dict:
 
 def num_query_tokens(state_dict: dict[str, torch.Tensor]) -> int:
     return _shape(state_dict, "query_tokens")[1]
-
-
-def lavis_text_config(llm_config: PreTrainedConfig, vocab_size: int, tokenizer) -> dict:
-    """The LLM config as LAVIS runs it: vocabulary grown by the added tokens, special ids of the LAVIS tokenizer,
-    and for T5 the exact (erf) GELU that LAVIS sets in place of flan-t5's tanh approximation."""
-    config = llm_config.to_dict()
-    config["vocab_size"] = vocab_size
-    if llm_config.is_encoder_decoder:
-        # T5Config maps "gated-gelu" back to gelu_new on every load; "gelu_python" is the exact GELU under its own name.
-        config["feed_forward_proj"] = "gated-gelu_python" if llm_config.is_gated_act else "gelu"
-        for derived in (
-            "dense_act_fn",
-            "is_gated_act",
-        ):  # recomputed from feed_forward_proj; stale values win otherwise
-            config.pop(derived, None)
-        config["tie_word_embeddings"] = False  # flan-t5 has its own lm_head
-    else:
-        config.update(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return config

@@ -2,7 +2,7 @@
 
 Example (released Vicuna-7B model):
 
-    python conversion/convert_lavis_to_hf.py \
+    python -m hf_instructblip.conversion \
         --lavis-checkpoint instruct_blip_vicuna7b_trimmed.pth --vit-checkpoint eva_vit_g.pth \
         --llm lmsys/vicuna-7b-v1.1 --variant vicuna7b --output instructblip-vicuna7b
 """
@@ -12,11 +12,12 @@ import logging
 
 import torch
 
-from hf_instructblip.conversion import ConversionError, convert_lavis_checkpoint, push_to_hub
+from .convert import convert_lavis_checkpoint, push_to_hub
+from .errors import ConversionError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 VARIANTS = ["vicuna7b", "vicuna13b", "flant5xl", "flant5xxl"]
-logger = logging.getLogger("convert_lavis_to_hf")
+logger = logging.getLogger("hf_instructblip.conversion")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of the written weights")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB or 500MB")
-    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument("--output", required=True, help="output directory (written only once complete)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output whole")
     parser.add_argument("--push-to-hub", metavar="ORG/NAME", help="also upload the output directory to this Hub repo")
     return parser.parse_args(argv)
 
@@ -63,9 +65,10 @@ def main(argv=None) -> None:
             vision_layers=args.vision_layers,
             dtype=DTYPES[args.dtype],
             max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
         )
-    except ConversionError as error:
-        raise SystemExit(f"error: {error}") from None
+    except (ConversionError, OSError) as error:  # an input or a disk the user can fix: no traceback, exit status 1
+        raise SystemExit("error: " + " ".join(line.strip() for line in str(error).splitlines())) from None
     logger.info("Wrote %s", output)
     if args.push_to_hub:
         logger.info("Uploaded to %s", push_to_hub(output, args.push_to_hub))
