@@ -176,11 +176,11 @@ def test_video_frames_are_encoded_one_by_one_and_concatenated(kind):
     with torch.no_grad():
         video_features = model.get_image_features(
             video["pixel_values"], video["qformer_input_ids"], video["qformer_attention_mask"]
-        )
+        ).pooler_output
         per_frame = [
             model.get_image_features(
                 video["pixel_values"][:, t], video["qformer_input_ids"], video["qformer_attention_mask"]
-            )
+            ).pooler_output
             for t in range(3)
         ]
         torch.testing.assert_close(video_features, torch.cat(per_frame, dim=1))
@@ -195,8 +195,8 @@ def test_instruction_changes_the_visual_features():
     processor = tiny.processor("llama")
     inputs = [processor(images=tiny.image(0), text=text, return_tensors="pt") for text in ("what colour?", "count")]
     with torch.no_grad():
-        features = [model.get_image_features(x["pixel_values"], x["qformer_input_ids"]) for x in inputs]
-        no_instruction = model.get_image_features(inputs[0]["pixel_values"])
+        features = [model.get_image_features(x["pixel_values"], x["qformer_input_ids"]).pooler_output for x in inputs]
+        no_instruction = model.get_image_features(inputs[0]["pixel_values"]).pooler_output
     assert not torch.allclose(features[0], features[1])
     assert not torch.allclose(features[0], no_instruction)
 
@@ -208,10 +208,10 @@ def test_padding_in_the_qformer_instruction_is_ignored():
     padded = processor(images=[tiny.image(0)] * 2, text=["hi", "a much longer instruction"], padding=True,
                        return_tensors="pt")
     with torch.no_grad():
-        alone = model.get_image_features(short["pixel_values"], short["qformer_input_ids"])
+        alone = model.get_image_features(short["pixel_values"], short["qformer_input_ids"]).pooler_output
         in_batch = model.get_image_features(
             padded["pixel_values"], padded["qformer_input_ids"], padded["qformer_attention_mask"]
-        )
+        ).pooler_output
     torch.testing.assert_close(alone[0], in_batch[0], rtol=1e-5, atol=1e-6)
 
 

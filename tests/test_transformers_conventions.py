@@ -116,3 +116,103 @@ def test_generate_takes_inputs_embeds(kind):
     assert torch.equal(with_ids, reference)
     new_tokens = reference[:, inputs["input_ids"].shape[1] :] if kind == "llama" else reference
     assert torch.equal(without_ids, new_tokens)
+
+
+def test_towers_record_hidden_states_and_attention_maps_like_the_builtin():
+    """Through transformers' output capture (`_can_record_outputs`): the vision tower's and the Q-Former's hidden
+    states and attention maps, the Q-Former's cross-attention to the image apart from its self-attention."""
+    from test_modeling import batch as parity_batch
+    from test_modeling import with_oracle
+
+    ours, oracle = with_oracle("llama", "eager")
+    inputs = parity_batch("llama")
+    towers = {k: inputs[k] for k in ("pixel_values", "qformer_input_ids", "qformer_attention_mask")}
+    flags = dict(output_attentions=True, output_hidden_states=True)
+    with torch.no_grad():
+        mine, builtin = ours.get_image_features(**towers, **flags), oracle.get_image_features(**towers, **flags)
+        as_tuple = ours.get_image_features(**towers, return_dict=False)
+        plain = ours.get_image_features(**towers)
+    torch.testing.assert_close(mine.pooler_output, builtin.pooler_output, rtol=0, atol=1e-6)
+    torch.testing.assert_close(as_tuple[1], mine.pooler_output)
+    assert plain.vision_outputs.hidden_states is None and plain.qformer_outputs.cross_attentions is None
+    vision, qformer = ours.config.vision_config, ours.config.qformer_config
+    expected_counts = {
+        ("vision_outputs", "hidden_states"): vision.num_hidden_layers + 1,
+        ("vision_outputs", "attentions"): vision.num_hidden_layers,
+        ("qformer_outputs", "hidden_states"): qformer.num_hidden_layers + 1,
+        ("qformer_outputs", "cross_attentions"): 2,  # layers 0 and 2 of 3 cross-attend
+        ("qformer_outputs", "attentions"): qformer.num_hidden_layers,
+    }
+    num_queries, num_patches = tiny.NUM_QUERY_TOKENS, ours.config.vision_config.num_positions
+    for (tower, field), count in expected_counts.items():
+        recorded = getattr(getattr(mine, tower), field)
+        reference = getattr(getattr(builtin, tower), field)
+        if field == "attentions" and tower == "qformer_outputs":
+            # The built-in's layer-name filter also catches the cross-attention maps; the self-attention maps
+            # are the square ones.
+            reference = tuple(a for a in reference if a.shape[-1] == a.shape[-2])
+        assert len(recorded) == len(reference) == count, (tower, field)
+        for a, b in zip(recorded, reference):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert mine.qformer_outputs.cross_attentions[0].shape[-2:] == (num_queries, num_patches)
+    with torch.no_grad():
+        outputs = ours(**inputs, output_attentions=True)
+    assert len(outputs.qformer_outputs.cross_attentions) == 2 and len(outputs.vision_outputs.attentions) == 2
+
+
+def test_vision_model_alone_returns_a_model_output():
+    model = tiny.model("llama").vision_model
+    model.set_attn_implementation("eager")
+    pixel_values = torch.randn(2, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)
+    with torch.no_grad():
+        outputs = model(pixel_values, output_hidden_states=True, output_attentions=True)
+        as_tuple = model(pixel_values, return_dict=False)
+    assert isinstance(model.get_input_embeddings(), torch.nn.Module)
+    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 0])
+    torch.testing.assert_close(as_tuple[0], outputs.last_hidden_state)
+    # The last recorded hidden state is the last block's output, before the final LayerNorm (as the built-in).
+    torch.testing.assert_close(model.post_layernorm(outputs.hidden_states[-1]), outputs.last_hidden_state)
+    torch.testing.assert_close(outputs.attentions[0].sum(-1), torch.ones(2, 4, model.config.num_positions))
+
+
+def test_static_cache_and_compiled_generation_are_token_identical_to_eager():
+    from transformers import CompileConfig
+
+    model = tiny.model("llama")
+    inputs = batch("llama")
+    settings = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    eager = model.generate(**inputs, **settings)
+    assert torch.equal(model.generate(**inputs, cache_implementation="static", **settings), eager)
+    compile_config = CompileConfig(fullgraph=True)
+    compile_config._compile_all_devices = True  # transformers compiles on GPUs only unless told otherwise
+    compiled = model.generate(**inputs, cache_implementation="static", compile_config=compile_config, **settings)
+    assert hasattr(model.language_model, "_compiled_call")  # the decoding steps did run compiled
+    assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_the_whole_forward_traces_as_one_graph(kind):
+    """What `_can_compile_fullgraph` promises: no graph break (dynamo's trace, without inductor's slow codegen)."""
+    assert InstructBlipForConditionalGeneration._can_compile_fullgraph
+    model = tiny.model(kind)
+    inputs = batch(kind, with_labels=True)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(model, fullgraph=True, backend="eager")(**inputs)
+        eager = model(**inputs)
+    torch.testing.assert_close(compiled.logits, eager.logits)
+    torch.testing.assert_close(compiled.loss, eager.loss)
+
+
+def test_flex_attention_gives_the_logits_of_sdpa():
+    """Every attention of the towers and of a LLaMA LLM through flex_attention (compiled by torch on CPU), with
+    padding in the Q-Former's and in the LLM's inputs. (transformers' T5 fails under flex_attention on CPU.)"""
+    model = tiny.model("llama")
+    inputs = batch("llama")
+    assert (inputs["qformer_attention_mask"] == 0).any() and (inputs["attention_mask"] == 0).any()
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        model.set_attn_implementation("flex_attention")
+        assert model.qformer.config._attn_implementation == "flex_attention"
+        flex = model(**inputs).logits
+    torch.testing.assert_close(flex, reference, rtol=1e-5, atol=1e-5)

@@ -193,7 +193,9 @@ class InstructBlipConfig(PreTrainedConfig):
     model_type = "hf_instructblip"
     attribute_map = {"image_token_id": "image_token_index"}
     # Trainer's evaluation gathers every other output across batches; only `logits` are predictions.
-    keys_to_ignore_at_inference = ["last_hidden_state", "image_features", "language_model_outputs"]
+    keys_to_ignore_at_inference = [
+        "last_hidden_state", "image_features", "vision_outputs", "qformer_outputs", "language_model_outputs"
+    ]
     sub_configs_defaults = {
         "vision_config": InstructBlipVisionConfig,
         "qformer_config": InstructBlipQFormerConfig,

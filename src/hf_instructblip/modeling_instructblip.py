@@ -26,14 +26,36 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging, torch_compilable_check
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs, maybe_install_capturing_hooks
 
 from .configuration_instructblip import InstructBlipConfig, InstructBlipQFormerConfig, InstructBlipVisionConfig
 
 
 logger = logging.get_logger(__name__)
+
+
+@dataclass
+class InstructBlipImageFeaturesOutput(BaseModelOutputWithPooling):
+    """Output of [`InstructBlipForConditionalGeneration.get_image_features`].
+
+    Args:
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, frames * num_query_tokens, text_hidden_size)`):
+            the projected query outputs: the language model's visual tokens, which replace the `<image>` placeholders.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size * frames, 1 + patches, vision_hidden_size)`):
+            the vision tower's output, which the Q-Former cross-attends to.
+        hidden_states, attentions: the vision tower's, when asked for (`output_hidden_states` / `output_attentions`).
+        vision_outputs (`BaseModelOutputWithPooling`): everything the vision tower returned.
+        qformer_outputs (`BaseModelOutputWithCrossAttentions`): everything the Q-Former returned, with its
+            self-attention (`attentions`) and cross-attention (`cross_attentions`) maps when asked for.
+    """
+
+    vision_outputs: BaseModelOutputWithPooling | None = None
+    qformer_outputs: BaseModelOutputWithCrossAttentions | None = None
 
 
 @dataclass
@@ -51,6 +73,8 @@ class InstructBlipOutput(ModelOutput):
             fused LM head (TRL's `SFTTrainer`) compute the loss from it instead of from the logits.
         image_features (`torch.FloatTensor` of shape `(batch_size, frames * num_query_tokens, text_hidden_size)`):
             the projected query outputs that replaced the `<image>` placeholders.
+        vision_outputs (`BaseModelOutputWithPooling`), qformer_outputs (`BaseModelOutputWithCrossAttentions`): the
+            two towers' outputs, with their hidden states and attention maps when asked for.
         language_model_outputs (`ModelOutput`): everything the language model returned (cache, hidden states...).
     """
 
@@ -58,6 +82,8 @@ class InstructBlipOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     image_features: torch.FloatTensor | None = None
+    vision_outputs: BaseModelOutputWithPooling | None = None
+    qformer_outputs: BaseModelOutputWithCrossAttentions | None = None
     language_model_outputs: ModelOutput | None = None
 
 
@@ -90,6 +116,8 @@ class InstructBlipPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _can_compile_fullgraph = True
     _no_split_modules = ["InstructBlipVisionEncoderLayer", "InstructBlipQFormerLayer", "InstructBlipVisionEmbeddings"]
     # LAVIS keeps the learned queries in float32 (they are tiny and feed a LayerNorm); also under bfloat16.
     _keep_in_fp32_modules_strict = ["query_tokens"]
@@ -157,11 +185,12 @@ class InstructBlipVisionAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.projection = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S, C) → (B, S, C), and the attention weights (B, heads, S, S) where the backend computes them."""
         batch_size, seq_len, width = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_heads, -1)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, S, head_dim)
-        attended, _ = attention_function(self.config)(
+        attended, weights = attention_function(self.config)(
             self,
             query,
             key,
@@ -170,7 +199,7 @@ class InstructBlipVisionAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.config.attention_dropout if self.training else 0.0,
         )
-        return self.projection(attended.reshape(batch_size, seq_len, width))
+        return self.projection(attended.reshape(batch_size, seq_len, width)), weights
 
 
 class InstructBlipVisionMLP(nn.Module):
@@ -193,7 +222,8 @@ class InstructBlipVisionEncoderLayer(GradientCheckpointingLayer):
         self.mlp = InstructBlipVisionMLP(config)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.self_attn(self.layer_norm1(hidden_states))
+        attended, _ = self.self_attn(self.layer_norm1(hidden_states))
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.layer_norm2(hidden_states))
 
 
@@ -209,10 +239,17 @@ class InstructBlipVisionEncoder(nn.Module):
 
 
 class InstructBlipVisionModel(InstructBlipPreTrainedModel):
-    """EVA ViT image encoder: `pixel_values` (B, 3, H, W) → image embeddings (B, 1 + P, Cv)."""
+    """EVA ViT image encoder: `pixel_values` (B, 3, H, W) → image embeddings (B, 1 + P, Cv).
+
+    `output_hidden_states=True` records the embeddings and every block's output (before the final LayerNorm, as
+    the blocks produce them); `output_attentions=True` every block's attention maps (eager attention only).
+    """
 
     config_class = InstructBlipVisionConfig
     config: InstructBlipVisionConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _can_record_outputs = {"hidden_states": InstructBlipVisionEncoderLayer, "attentions": InstructBlipVisionAttention}
 
     def __init__(self, config: InstructBlipVisionConfig):
         super().__init__(config)
@@ -221,8 +258,15 @@ class InstructBlipVisionModel(InstructBlipPreTrainedModel):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.post_layernorm_eps)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.post_layernorm(self.encoder(self.embeddings(pixel_values)))
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """`pixel_values` (B, 3, H, W) → `last_hidden_state` (B, 1 + P, Cv) after the final LayerNorm, and its
+        class token as `pooler_output` (B, Cv). Takes `output_hidden_states`, `output_attentions`, `return_dict`."""
+        image_embeds = self.post_layernorm(self.encoder(self.embeddings(pixel_values)))
+        return BaseModelOutputWithPooling(last_hidden_state=image_embeds, pooler_output=image_embeds[:, 0])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -266,8 +310,9 @@ class InstructBlipQFormerMultiHeadAttention(nn.Module):
         self.key = nn.Linear(key_value_width, config.hidden_size)
         self.value = nn.Linear(key_value_width, config.hidden_size)
 
-    def forward(self, hidden_states, key_value_states, attention_mask=None) -> torch.Tensor:
-        attended, _ = attention_function(self.config)(
+    def forward(self, hidden_states, key_value_states, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S, C) attending to (B, S_kv, C_kv) → (B, S, C), and the weights (B, heads, S, S_kv) where computed."""
+        attended, weights = attention_function(self.config)(
             self,
             split_heads(self.query(hidden_states), self.num_heads),
             split_heads(self.key(key_value_states), self.num_heads),
@@ -276,7 +321,7 @@ class InstructBlipQFormerMultiHeadAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
         )
-        return attended.flatten(2)  # (B, S, C)
+        return attended.flatten(2), weights  # (B, S, C)
 
 
 class InstructBlipQFormerOutput(nn.Module):
@@ -299,7 +344,8 @@ class InstructBlipQFormerAttention(nn.Module):
         self.output = InstructBlipQFormerOutput(config, config.hidden_size)
 
     def forward(self, hidden_states, key_value_states, attention_mask=None) -> torch.Tensor:
-        return self.output(self.attention(hidden_states, key_value_states, attention_mask), hidden_states)
+        attended, _ = self.attention(hidden_states, key_value_states, attention_mask)
+        return self.output(attended, hidden_states)
 
 
 class InstructBlipQFormerIntermediate(nn.Module):
@@ -324,7 +370,8 @@ class InstructBlipQFormerLayer(GradientCheckpointingLayer):
         self.output = InstructBlipQFormerOutput(config, config.intermediate_size)
 
     def forward(self, hidden_states, attention_mask, image_embeds, num_queries: int) -> torch.Tensor:
-        """hidden_states (B, Nq + L, C), additive attention_mask (B, 1, 1, Nq + L), image_embeds (B, 1 + P, Cv)."""
+        """hidden_states (B, Nq + L, C), attention_mask over the Nq + L positions as the backend takes it (or
+        None), image_embeds (B, 1 + P, Cv)."""
         hidden_states = self.attention(hidden_states, hidden_states, attention_mask)
         queries, text = hidden_states[:, :num_queries], hidden_states[:, num_queries:]
         if hasattr(self, "crossattention"):
@@ -349,10 +396,22 @@ class InstructBlipQFormerEncoder(nn.Module):
 
 
 class InstructBlipQFormerModel(InstructBlipPreTrainedModel):
-    """The Query Transformer: queries (B, Nq, C) + instruction (B, L) + image (B, 1 + P, Cv) → (B, Nq + L, C)."""
+    """The Query Transformer: queries (B, Nq, C) + instruction (B, L) + image (B, 1 + P, Cv) → (B, Nq + L, C).
+
+    `output_hidden_states=True` records the embeddings and every layer's output; `output_attentions=True` every
+    layer's self-attention maps (over queries and instruction) and, in `cross_attentions`, the queries' attention
+    maps over the image patches (eager attention only).
+    """
 
     config_class = InstructBlipQFormerConfig
     config: InstructBlipQFormerConfig
+    _can_record_outputs = {
+        "hidden_states": InstructBlipQFormerLayer,
+        "attentions": OutputRecorder(InstructBlipQFormerMultiHeadAttention, index=1, layer_name="attention.attention"),
+        "cross_attentions": OutputRecorder(
+            InstructBlipQFormerMultiHeadAttention, index=1, layer_name="crossattention.attention"
+        ),
+    }
 
     def __init__(self, config: InstructBlipQFormerConfig):
         super().__init__(config)
@@ -360,23 +419,34 @@ class InstructBlipQFormerModel(InstructBlipPreTrainedModel):
         self.encoder = InstructBlipQFormerEncoder(config)
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.embeddings.word_embeddings = value
+
+    @capture_outputs
     def forward(
         self,
         query_embeds: torch.Tensor,
         image_embeds: torch.Tensor,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
-    ) -> torch.Tensor:
+        **kwargs,
+    ) -> BaseModelOutputWithCrossAttentions:
+        """`last_hidden_state` (B, Nq + L, C): the query outputs first. Takes `output_hidden_states`,
+        `output_attentions` (self- and cross-attention maps) and `return_dict`."""
         hidden_states = self.embeddings(query_embeds, input_ids)
         batch_size, num_queries = query_embeds.shape[:2]
         padding = None
         if input_ids is not None and attention_mask is not None:
-            query_mask = attention_mask.new_ones(batch_size, num_queries)
-            keep = torch.cat([query_mask, attention_mask], dim=1).bool()  # (B, Nq + L)
-            padding = torch.zeros(keep.shape, dtype=hidden_states.dtype, device=keep.device)
-            padding = padding.masked_fill(~keep, torch.finfo(hidden_states.dtype).min)[:, None, None, :]
+            keep = torch.cat([attention_mask.new_ones(batch_size, num_queries), attention_mask], dim=1)  # (B, Nq + L)
+            # In the form the attention backend takes (additive, boolean or flex's block mask).
+            padding = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=keep)
         image_embeds = image_embeds.to(hidden_states.dtype)
-        return self.encoder(hidden_states, padding, image_embeds, num_queries)
+        return BaseModelOutputWithCrossAttentions(
+            last_hidden_state=self.encoder(hidden_states, padding, image_embeds, num_queries)
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -402,6 +472,9 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
         language_model_class = AutoModelForCausalLM if config.use_decoder_only_language_model else AutoModelForSeq2SeqLM
         self.language_model = language_model_class.from_config(config.text_config)
+        # `forward` always asks the LLM for its hidden states (`last_hidden_state`); transformers installs the
+        # hooks that record them lazily, under a lock that `torch.compile(fullgraph=True)` cannot trace.
+        maybe_install_capturing_hooks(self.language_model)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -444,12 +517,14 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 raise OSError(f"{path} is truncated or corrupt ({error}); save or download it again.") from error
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.LongTensor | None = None,
-    ) -> torch.FloatTensor:
+        **kwargs,
+    ) -> InstructBlipImageFeaturesOutput:
         """Instruction-aware visual tokens for the language model.
 
         Args:
@@ -458,9 +533,11 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             qformer_input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): the instruction
                 in the Q-Former's vocabulary. Without it the queries see only the image (BLIP-2 behaviour).
             qformer_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*).
+            kwargs: `output_hidden_states`, `output_attentions` (both towers record theirs) and `return_dict`.
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, frames * num_query_tokens, text_hidden_size)`.
+            [`InstructBlipImageFeaturesOutput`]: `pooler_output` holds the visual tokens, of shape
+            `(batch_size, frames * num_query_tokens, text_hidden_size)`.
         """
         batch_size = pixel_values.shape[0]
         frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
@@ -479,12 +556,26 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         if qformer_input_ids is not None and qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)
 
-        image_embeds = self.vision_model(pixel_values)  # (B*T, 1 + P, Cv)
+        # 1. The frozen image encoder; its output does not depend on the instruction.
+        vision_outputs = self.vision_model(pixel_values, return_dict=True, **kwargs)
+        image_embeds = vision_outputs.last_hidden_state  # (B*T, 1 + P, Cv)
+        # 2. The learned queries read the instruction (self-attention) and the image (cross-attention).
         queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        query_outputs = self.qformer(queries, image_embeds, qformer_input_ids, qformer_attention_mask)
-        query_outputs = query_outputs[:, : self.config.num_query_tokens]  # (B*T, Nq, Cq)
+        qformer_outputs = self.qformer(
+            queries, image_embeds, qformer_input_ids, qformer_attention_mask, return_dict=True, **kwargs
+        )
+        query_outputs = qformer_outputs.last_hidden_state[:, : self.config.num_query_tokens]  # (B*T, Nq, Cq)
+        # 3. Projected into the LLM's embedding space: one visual token per query and frame.
         features = self.language_projection(query_outputs.to(self.language_projection.weight.dtype))
-        return features.reshape(batch_size, frames * self.config.num_query_tokens, -1)  # (B, T*Nq, Clm)
+        features = features.reshape(batch_size, frames * self.config.num_query_tokens, -1)  # (B, T*Nq, Clm)
+        return InstructBlipImageFeaturesOutput(
+            last_hidden_state=image_embeds,
+            pooler_output=features,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+            vision_outputs=vision_outputs,
+            qformer_outputs=qformer_outputs,
+        )
 
     def _placeholder_mask(self, input_ids, inputs_embeds) -> torch.BoolTensor:
         """(B, S): where the `<image>` placeholders are, read from `input_ids`, or without them found as the rows
@@ -508,17 +599,17 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         placeholders = self._placeholder_mask(input_ids, inputs_embeds)
         per_row = placeholders.sum(dim=1)
         expected = 0 if image_features is None else image_features.shape[1]
-        if (per_row != expected).any():
-            image_token = self.config.image_token_index
-            if image_features is None:
-                raise ValueError(
-                    f"input_ids contain <image> placeholders (id {image_token}) but no pixel_values were given."
-                )
-            raise ValueError(
+        image_token = self.config.image_token_index
+        if image_features is None:
+            message = f"input_ids contain <image> placeholders (id {image_token}) but no pixel_values were given."
+        else:
+            message = (
                 f"Each row of input_ids must contain exactly {expected} <image> placeholders (id {image_token}): "
                 f"num_query_tokens={self.config.num_query_tokens} per image or video frame; found "
-                f"{per_row.tolist()}. Build the inputs with the model's processor."
+                "{found}. Build the inputs with the model's processor."
             )
+        # A check torch.compile traces (fullgraph) instead of a data-dependent branch.
+        torch_compilable_check((per_row == expected).all(), lambda: message.format(found=per_row.tolist()))
         if image_features is None:
             return inputs_embeds
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
@@ -566,15 +657,24 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             output_hidden_states (`bool`, *optional*): `False` skips the language model's hidden states, and with
                 them `last_hidden_state`; `None` (the default, also what PEFT passes) and `True` keep them, because
                 trainers with a fused LM head (TRL) need `last_hidden_state`. Under autograd every layer's output is
-                kept for the backward pass anyway, so they cost memory only without gradients.
+                kept for the backward pass anyway, so they cost memory only without gradients. `True` also records
+                the vision tower's and the Q-Former's (in `vision_outputs` / `qformer_outputs`).
             return_dict (`bool`, *optional*): `False` returns a tuple of the non-`None` fields.
-            kwargs: passed to the language model (`output_attentions`, `num_items_in_batch`, `use_cache`, ...).
+            kwargs: passed to the language model (`output_attentions`, `num_items_in_batch`, `use_cache`, ...);
+                `output_attentions=True` also records the towers' attention maps, the Q-Former's cross-attention
+                to the image included.
         """
         self._warn_if_fp16_t5()
-        image_features = None
+        image_outputs = InstructBlipImageFeaturesOutput()
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values, qformer_input_ids, qformer_attention_mask)
-        inputs_embeds = self._embed_prompt(input_ids, image_features, inputs_embeds)
+            image_outputs = self.get_image_features(
+                pixel_values,
+                qformer_input_ids,
+                qformer_attention_mask,
+                output_attentions=kwargs.get("output_attentions"),
+                output_hidden_states=output_hidden_states,
+            )
+        inputs_embeds = self._embed_prompt(input_ids, image_outputs.pooler_output, inputs_embeds)
 
         decoder_only = self.config.use_decoder_only_language_model
         if not decoder_only:
@@ -592,7 +692,9 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             loss=outputs.loss,
             logits=outputs.logits,
             last_hidden_state=None if hidden_states is None else hidden_states[-1],
-            image_features=image_features,
+            image_features=image_outputs.pooler_output,
+            vision_outputs=image_outputs.vision_outputs,
+            qformer_outputs=image_outputs.qformer_outputs,
             language_model_outputs=outputs,
         )
 
@@ -643,7 +745,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 **generate_kwargs,
             )
         self._warn_if_fp16_t5()
-        image_features = self.get_image_features(pixel_values, qformer_input_ids, qformer_attention_mask)
+        image_features = self.get_image_features(pixel_values, qformer_input_ids, qformer_attention_mask).pooler_output
         if input_ids is None and inputs_embeds is None:
             frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
             input_ids = self._default_prompt_ids(pixel_values.shape[0], frames, image_features.device)

@@ -258,6 +258,9 @@ class InstructBlipProcessor(ProcessorMixin):
         It defaults to `text` without the LLM tokenizer's special tokens (a chat-rendered prompt starts with `<s>`),
         which mean nothing to the Q-Former's BERT tokenizer.
 
+        `max_length` (with `padding="max_length"` or `truncation=True`) counts the LLM input's `<image>`
+        placeholders, as transformers' processor does: the rows are `max_length` tokens long in all.
+
         `llm_max_length` truncates each LLM text from the left to that many tokens (the placeholders not counted;
         a leading `<s>` is kept), as LAVIS's training does with `max_txt_len`: the end of an instruction carries its
         question. The rows then come back unpadded, so it cannot be combined with `padding`, `truncation` or
@@ -347,6 +350,14 @@ class InstructBlipProcessor(ProcessorMixin):
     def _tokenize_llm(
         self, text: list[str], num_placeholders: int, text_kwargs: dict, max_length: int | None = None
     ) -> dict:
+        if text_kwargs.get("max_length") is not None and num_placeholders:
+            # `max_length` counts the whole LLM input, placeholders included, as in transformers' processor.
+            if text_kwargs["max_length"] <= num_placeholders:
+                raise ValueError(
+                    f"max_length={text_kwargs['max_length']} leaves no room for text after the {num_placeholders} "
+                    "<image> placeholders; it counts the placeholders too."
+                )
+            text_kwargs = {**text_kwargs, "max_length": text_kwargs["max_length"] - num_placeholders}
         llm = dict(self.tokenizer(text, **text_kwargs)) if max_length is None else (
             self._tokenize_llm_truncated(text, text_kwargs, max_length)
         )
