@@ -706,3 +706,17 @@ def test_a_full_disk_is_named_and_leaves_nothing(inputs, tmp_path, monkeypatch):
     with pytest.raises(ConversionError, match=r"Writing the converted model into .*out.partial failed: .*No space left"):
         convert(inputs, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("converted", ["vicuna_converted", "t5_converted"])
+def test_model_card_has_hub_metadata_and_a_usage_snippet_that_runs(converted, request):
+    from huggingface_hub import ModelCard
+
+    output, model = request.getfixturevalue(converted)
+    card = ModelCard.load(output / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-text-to-text"
+    assert {"instructblip", "hf_instructblip", "lavis"} <= set(card.data.tags)
+    snippet = card.text.split("```python\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout  # the last line, printing the answer, ran

@@ -1,5 +1,9 @@
 """The conventions third-party code relies on: output flags, PEFT task wrappers, saved dtype, generate's inputs."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -216,3 +220,35 @@ def test_flex_attention_gives_the_logits_of_sdpa():
         assert model.qformer.config._attn_implementation == "flex_attention"
         flex = model(**inputs).logits
     torch.testing.assert_close(flex, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_trl_sft_command_line_trains_this_model_from_a_folder(tmp_path):
+    """`trl sft --model_name_or_path DIR --trust_remote_code` on a saved checkpoint and a local image dataset.
+
+    TRL resolves `config.architectures[0]` in `transformers` first; the saved name must not be transformers' own
+    InstructBLIP class, or TRL trains the built-in model instead of this one (and fails on its outputs).
+    """
+    import datasets
+
+    model, processor = tiny.model("llama"), tiny.processor("llama")
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["architectures"] == [
+        "HfInstructBlipForConditionalGeneration"
+    ]
+    user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}]
+    answer = [{"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
+    rows = datasets.Dataset.from_dict({"images": [[tiny.image(i)] for i in range(8)], "messages": [user + answer] * 8})
+    rows.cast_column("images", datasets.Sequence(datasets.Image())).to_parquet(tmp_path / "data" / "train.parquet")
+    command = [
+        sys.executable, "-m", "trl.cli.main", "sft", "--model_name_or_path", str(tmp_path / "model"),
+        "--trust_remote_code", "--dataset_name", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--use_cpu",
+        "--bf16", "False", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    trained = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert trained["model_type"] == "hf_instructblip"  # this package's model, loaded through its remote code
+    reloaded = InstructBlipForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert not torch.equal(reloaded.query_tokens, model.query_tokens)

@@ -163,6 +163,10 @@ PRESETS = {
 }
 
 
+# The model class's name in config.json, an alias defined next to the class in modeling_instructblip.py.
+SAVED_ARCHITECTURES = {"InstructBlipForConditionalGeneration": "HfInstructBlipForConditionalGeneration"}
+
+
 @strict
 class InstructBlipConfig(PreTrainedConfig):
     r"""Configuration of [`InstructBlipForConditionalGeneration`].
@@ -218,6 +222,14 @@ class InstructBlipConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
         self.use_decoder_only_language_model = self.text_config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # Tools resolve `architectures[0]` in `transformers` first (TRL's `trl sft`), where the model's class name
+        # is transformers' own InstructBLIP; the saved name resolves only in this package's modeling file.
+        if output.get("architectures"):
+            output["architectures"] = [SAVED_ARCHITECTURES.get(name, name) for name in output["architectures"]]
+        return output
 
     def validate_architecture(self):
         vocab_size = self.text_config.vocab_size

@@ -766,6 +766,11 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         return output
 
 
+# The name config.json gives the class (`architectures`): unlike the class's own name, it is not also a class of
+# `transformers`, so tools that look the architecture up there first (TRL) fall back to the `auto_map`.
+HfInstructBlipForConditionalGeneration = InstructBlipForConditionalGeneration
+
+
 def _prepend_prompt(output, input_ids: torch.LongTensor):
     """Put the prompt in front of embeddings-only generated sequences, one copy per returned sequence."""
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
@@ -778,6 +783,7 @@ def _prepend_prompt(output, input_ids: torch.LongTensor):
 
 
 __all__ = [
+    "HfInstructBlipForConditionalGeneration",
     "InstructBlipForConditionalGeneration",
     "InstructBlipOutput",
     "InstructBlipPreTrainedModel",
