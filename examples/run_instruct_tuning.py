@@ -128,18 +128,22 @@ def run_real(model_args: ModelArguments, data_args: DataArguments, training_args
     # This package's classes also read official transformers checkpoints (model_type "instructblip"), which the
     # Auto classes would hand to transformers' built-in port.
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
-    model = InstructBlipForConditionalGeneration.from_pretrained(model_args.model_name_or_path, dtype=dtype)
-    processor = InstructBlipProcessor.from_pretrained(model_args.model_name_or_path)
+    # The main process downloads into the shared Hub and datasets caches first; the other ranks then read them.
+    with training_args.main_process_first(desc="downloading the model and datasets"):
+        model = InstructBlipForConditionalGeneration.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+        processor = InstructBlipProcessor.from_pretrained(model_args.model_name_or_path)
+        train_datasets = {s.name: prepared(s, data_args.train_split, data_args, training_args.seed) for s in specs}
+        eval_datasets = {
+            s.name: prepared(s, data_args.eval_split, data_args, training_args.seed)
+            for s in map(parse_dataset_spec, data_args.eval_datasets)
+        }
     trainer = InstructBlipTrainer(
         model=model,
         args=training_args,
         processing_class=processor,
-        train_datasets={s.name: prepared(s, data_args.train_split, data_args, training_args.seed) for s in specs},
+        train_datasets=train_datasets,
         mixture_multipliers={s.name: s.multiplier for s in specs if s.multiplier != 1.0},
-        eval_datasets={
-            s.name: prepared(s, data_args.eval_split, data_args, training_args.seed)
-            for s in map(parse_dataset_spec, data_args.eval_datasets)
-        },
+        eval_datasets=eval_datasets,
         peft_config=lora_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

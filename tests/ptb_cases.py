@@ -220,7 +220,9 @@ _FRAGMENTS = ["a", "A", "the", "The", "dog", "U.S.", "e.g.", "etc.", "Mr.", "Inc
 def coco_like(count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     captions = [f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}" for _ in range(count)]
-    return captions + [caption.upper() for caption in captions[:20]] + ["  " + c.replace(" ", "  ") for c in captions[:20]]
+    shouted = [caption.upper() for caption in captions[:20]]
+    spaced = ["  " + caption.replace(" ", "  ") for caption in captions[:20]]
+    return captions + shouted + spaced
 
 
 def fragment_mixtures(count: int, seed: int = 0) -> list[str]:

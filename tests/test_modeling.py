@@ -1,5 +1,6 @@
 """Numerical parity with transformers' built-in InstructBLIP (the oracle) on identical weights, and model behaviour."""
 
+import functools
 import logging
 
 import pytest
@@ -295,3 +296,87 @@ def test_presets_have_the_released_dimensions_on_the_meta_device():
         config = InstructBlipConfig.from_preset(name)
         assert config.text_config.hidden_size == width
         assert config.use_decoder_only_language_model == name.startswith("vicuna")
+
+
+# ------------------------------------------------------------------------------ inputs validated at the boundary
+
+
+def _replace(**changes):
+    return lambda inputs: {**inputs, **{name: change(inputs) for name, change in changes.items()}}
+
+
+BAD_MODEL_INPUTS = {  # change to the processor's batch of 2 → the error
+    "pixel batch size": (_replace(pixel_values=lambda x: x["pixel_values"][:1]), r"disagree on the batch size"),
+    "mask batch size": (_replace(attention_mask=lambda x: x["attention_mask"][:1]), r"disagree on the batch size"),
+    "Q-Former ids batch size": (
+        _replace(qformer_input_ids=lambda x: x["qformer_input_ids"][:1]), r"disagree on the batch size"
+    ),
+    "short attention mask": (
+        _replace(attention_mask=lambda x: x["attention_mask"][:, 1:]), r"attention_mask must have the shape of its ids"
+    ),
+    "short Q-Former mask": (
+        _replace(qformer_attention_mask=lambda x: x["qformer_attention_mask"][:, 1:]),
+        r"qformer_attention_mask must have the shape of its ids",
+    ),
+    "float ids": (_replace(input_ids=lambda x: x["input_ids"].float()), r"input_ids must hold integer token ids"),
+    "float Q-Former ids": (
+        _replace(qformer_input_ids=lambda x: x["qformer_input_ids"].float()), r"qformer_input_ids must hold integer"
+    ),
+    "ids outside the vocabulary": (
+        _replace(input_ids=lambda x: x["input_ids"] + 1000), r"input_ids hold ids outside the vocabulary"
+    ),
+    "1-channel pixels": (
+        _replace(pixel_values=lambda x: x["pixel_values"][:, :1]), r"pixel_values must be \(batch, 3, height, width\)"
+    ),
+    "NaN pixels": (_replace(pixel_values=lambda x: x["pixel_values"] * float("nan")), r"NaN or infinite"),
+    "inf pixels": (_replace(pixel_values=lambda x: x["pixel_values"] + float("inf")), r"NaN or infinite"),
+    "uint8 pixels": (
+        _replace(pixel_values=lambda x: x["pixel_values"].to(torch.uint8)), r"pixel_values must be normalized floats"
+    ),
+    "empty batch": (lambda x: {name: value[:0] for name, value in x.items()}, r"The batch is empty"),
+    "video of 0 frames": (_replace(pixel_values=lambda x: x["pixel_values"][:, None][:, :0]), r"have no frames"),
+    "placeholders without pixels": (
+        lambda x: {name: value for name, value in x.items() if name != "pixel_values"},
+        r"input_ids hold <image> placeholders but no pixel_values",
+    ),
+    "Q-Former text longer than its positions": (
+        _replace(
+            qformer_input_ids=lambda x: x["qformer_input_ids"][:, :1].repeat(1, 513),
+            qformer_attention_mask=lambda x: torch.ones(2, 513, dtype=torch.long),
+        ),
+        r"qformer_input_ids has 513 positions; the model reads at most 512",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MODEL_INPUTS)
+def test_forward_and_generate_refuse_the_same_bad_inputs(case):
+    change, message = BAD_MODEL_INPUTS[case]
+    model, inputs = tiny.model("llama"), change(dict(batch("llama")))
+    for run in (model, functools.partial(model.generate, max_new_tokens=2)):
+        with pytest.raises(ValueError, match=message) as error:
+            run(**inputs)
+        assert "(got pixel_values (" in str(error.value) or "pixel_values" not in inputs  # the shapes are named
+
+
+def test_labels_of_another_batch_size_are_refused_by_both_llm_kinds():
+    for kind in KINDS:
+        inputs = dict(batch(kind))
+        labels = inputs["input_ids"][:1].clone()
+        with pytest.raises(ValueError, match="disagree on the batch size"):
+            tiny.model(kind)(**inputs, labels=labels)
+
+
+def test_a_prompt_longer_than_the_llm_context_is_refused_and_the_processor_truncates_it_from_the_left():
+    kwargs = tiny.config_kwargs("llama")
+    model = tiny.model("llama", text_config={**kwargs["text_config"], "max_position_embeddings": 24})
+    processor = tiny.processor("llama")
+    text = "a question that is far too long for this language model?"
+    inputs = processor(images=tiny.image(0), text=text, return_tensors="pt")
+    for run in (model, functools.partial(model.generate, max_new_tokens=2)):
+        with pytest.raises(ValueError, match=r"input_ids has \d+ positions; the model reads at most 24.*llm_max_length"):
+            run(**inputs)
+    # LAVIS's answer: keep the end of the instruction, which carries the question.
+    truncated = processor(images=tiny.image(0), text=text, llm_max_length=16, return_tensors="pt")
+    assert truncated["input_ids"].shape[1] == tiny.NUM_QUERY_TOKENS + 16
+    model.generate(**truncated, max_new_tokens=2)

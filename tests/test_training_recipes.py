@@ -276,3 +276,15 @@ def test_template_helpers():
     assert draws == set(templates.CAPTION_TEMPLATES)
     rng = templates.example_rng(0, "coco", 7)
     assert np.array_equal(rng.integers(1000, size=5), templates.example_rng(0, "coco", 7).integers(1000, size=5))
+
+
+def test_image_identity_is_the_content_or_the_resolved_path(tmp_path):
+    """The vision cache's key: equal encoded bytes share it across rows and datasets; paths resolve to one file."""
+    same_picture = datasets.Dataset.from_dict({"image": images(2) + images(1), "question": ["a", "b", "c"],
+                                               "answers": [["x"]] * 3}, features=datasets.Features(
+        {"image": datasets.Image(), "question": datasets.Value("string"), "answers": [datasets.Value("string")]}))
+    ids = [row["image_id"] for row in prepare_dataset(same_picture, "vqav2")]
+    assert ids[0] == ids[2] != ids[1]
+    assert prepare_dataset(same_picture.select([0]), "okvqa")[0]["image_id"] == ids[0]
+    by_path = prepare_dataset(webcapfilt_like(tmp_path), "web_capfilt", image_root=str(tmp_path))
+    assert by_path[0]["image_id"] == "path:" + str(tmp_path / "cc_0.png")

@@ -25,6 +25,7 @@ from hf_instructblip.training.trainer import (
     freeze_for_instruction_tuning,
     predicted_answer_tokens,
 )
+from hf_instructblip.training.vision_cache import VisionFeatureCache, frozen_vision_features
 
 PAPER_TRAINABLE_PREFIXES = ("query_tokens", "qformer.", "vision_model.post_layernorm.", "language_projection.")
 
@@ -165,11 +166,12 @@ def test_plain_training_arguments_are_refused_and_converted_explicitly(tmp_path)
     ("mixture_alpha", -1.0, "mixture_alpha must be a finite number >= 0"),
     ("max_answer_length", 1, "max_answer_length must be >= 2"),
     ("remove_unused_columns", True, "needs remove_unused_columns=False"),
-    ("cache_vision_features", True, "needs a frozen vision tower"),
+    ("vision_cache_gb", 1.0, "needs a frozen vision tower"),
+    ("vision_cache_gb", -1.0, "vision_cache_gb must be >= 0"),
     ("fsdp", "full_shard", "fsdp is not applied on CPU"),
 ])
 def test_training_arguments_are_validated_when_built(tmp_path, field, value, message):
-    extra = {"train_vision_model": True} if field == "cache_vision_features" else {}
+    extra = {"train_vision_model": True} if field == "vision_cache_gb" else {}
     with pytest.raises(ValueError, match=message):
         InstructBlipTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **{field: value}, **extra)
     with pytest.raises(ValueError, match="nothing would be trained"):
@@ -371,16 +373,49 @@ def test_push_to_hub_publishes_the_mixture_card(tmp_path):
     assert hf_hub_download(repo_id, "model.safetensors")
 
 
-def test_cached_vision_features_give_the_same_training(tmp_path):
+def test_vision_cache_gives_the_same_training_within_its_bound(tmp_path):
+    """Room for 4 images among 12 distinct ones: entries are evicted and recomputed, the weights are the same."""
+    model = tiny.model("llama")
+    entry_bytes = frozen_vision_features(model.vision_model, torch.zeros(1, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)).nbytes
     plain = trainer(tmp_path / "plain", max_steps=6)
     plain.train()
-    cached = trainer(tmp_path / "cached", max_steps=6, cache_vision_features=True)
+    cached = trainer(tmp_path / "cached", model=model, max_steps=6, vision_cache_gb=4.5 * entry_bytes / 1e9)
+    cache, seen, stored_bytes = cached.vision_cache, set(), []
+    lookup = cache.image_embeds
+
+    def recording_lookup(vision_model, pixel_values, image_ids):
+        embeds = lookup(vision_model, pixel_values, image_ids)
+        seen.update(image_ids)
+        stored_bytes.append(cache.stored_bytes)
+        return embeds
+
+    cache.image_embeds = recording_lookup
     cached.train()
-    assert cached.vision_cache.hits > 0 and cached.vision_cache.misses <= 15  # 15 distinct training images
+    assert len(stored_bytes) == 6 and max(stored_bytes) <= cache.max_bytes and len(cache.entries) == 4
+    assert cache.hits > 0 and cache.misses > len(seen)  # evicted images came back
     for (name, a), b in zip(plain.model.named_parameters(), cached.model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
     with pytest.raises(ValueError, match="needs a frozen vision tower"):
-        trainer(tmp_path, cache_vision_features=True, train_vision_model=True)
+        trainer(tmp_path, vision_cache_gb=1, train_vision_model=True)
+
+
+def test_vision_cache_is_least_recently_used_and_refuses_a_trainable_tower():
+    model = tiny.model("llama")
+    vision = model.vision_model.requires_grad_(False)
+    pixel_values = torch.randn(3, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)
+    entry_bytes = frozen_vision_features(vision, pixel_values[:1]).nbytes
+    cache = VisionFeatureCache(2 * entry_bytes)
+    embeds = cache.image_embeds(vision, pixel_values[[0, 1, 0]], ["a", "b", "a"])
+    torch.testing.assert_close(embeds, vision(pixel_values[[0, 1, 0]]))
+    assert (cache.hits, cache.misses, list(cache.entries)) == (1, 2, ["a", "b"])
+    cache.image_embeds(vision, pixel_values[[0]], ["a"])  # "a" becomes the most recent
+    cache.image_embeds(vision, pixel_values[[2]], ["c"])  # evicts "b"
+    assert list(cache.entries) == ["a", "c"] and cache.stored_bytes == 2 * entry_bytes
+    with pytest.raises(ValueError, match="one image_id per image"):
+        cache.image_embeds(vision, pixel_values[:2], ["a", None])
+    vision.encoder.layers[0].mlp.fc1.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen vision tower.*encoder.layers.0.mlp.fc1.weight"):
+        cache.image_embeds(vision, pixel_values[:1], ["a"])
 
 
 def test_ddp_on_two_processes_trains_like_one_process_on_the_whole_batch(tmp_path):

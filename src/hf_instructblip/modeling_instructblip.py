@@ -14,6 +14,7 @@ unchanged. This file ships to the Hub (`trust_remote_code`): it imports only `tr
 configuration file next to it.
 """
 
+import copy
 import glob
 import os
 import warnings
@@ -505,9 +506,14 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, quantization_config=None, **kwargs):
         """`PreTrainedModel.from_pretrained`, refusing a local folder with truncated or corrupt safetensors files
-        by name before anything is allocated (a folder without config.json is refused by the config)."""
+        by name before anything is allocated (a folder without config.json is refused by the config).
+
+        A bitsandbytes `quantization_config` without `llm_int8_skip_modules` quantizes the language model only, its
+        head excepted as transformers does: the vision tower, Q-Former and projection are small next to a 7B LLM
+        and keep the dtype they are loaded in.
+        """
         folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
         for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors"))):
             try:
@@ -515,14 +521,55 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                     pass
             except SafetensorError as error:
                 raise OSError(f"{path} is truncated or corrupt ({error}); save or download it again.") from error
+        if getattr(quantization_config, "llm_int8_skip_modules", False) is None:
+            quantization_config = copy.deepcopy(quantization_config)
+            quantization_config.llm_int8_skip_modules = [
+                "vision_model", "qformer", "language_projection", "language_model.lm_head"
+            ]
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def encode_images(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """The vision tower's output (after its final LayerNorm), to reuse for any number of instructions.
+
+        It does not depend on the instruction, so several questions about one image (dialogue turns, VQA sets,
+        ranked choice) need it once: pass it to `forward`/`generate` as `image_embeds` instead of `pixel_values`.
+        Equal images within `pixel_values` are encoded once.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)` or
+                `(batch_size, frames, 3, height, width)`): the processor's `pixel_values`.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, 1 + num_patches, vision_hidden_size)`, or
+            `(batch_size, frames, 1 + num_patches, vision_hidden_size)` for videos (each frame is encoded alone).
+        """
+        if pixel_values.ndim not in (4, 5):
+            raise ValueError(
+                "pixel_values must have shape (batch, 3, height, width) for images or (batch, frames, 3, height, "
+                f"width) for videos, got {tuple(pixel_values.shape)}."
+            )
+        image_embeds = self._encode_distinct(pixel_values.flatten(0, -4))  # (B*T, 1 + P, Cv)
+        return image_embeds.unflatten(0, pixel_values.shape[:-3])
+
+    def _encode_distinct(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """The vision tower over (N, 3, H, W), once per distinct image: a batch of questions about one image holds
+        it N times. Not while compiling (the distinct count is data-dependent) or in training mode (dropout)."""
+        if pixel_values.shape[0] == 1 or self.vision_model.training or torch.compiler.is_compiling():
+            return self.vision_model(pixel_values).last_hidden_state
+        distinct, inverse = torch.unique(pixel_values.flatten(1), dim=0, return_inverse=True)
+        if distinct.shape[0] == pixel_values.shape[0]:
+            return self.vision_model(pixel_values).last_hidden_state
+        return self.vision_model(distinct.view(-1, *pixel_values.shape[1:])).last_hidden_state[inverse]
 
     @can_return_tuple
     def get_image_features(
         self,
-        pixel_values: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None = None,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.LongTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> InstructBlipImageFeaturesOutput:
         """Instruction-aware visual tokens for the language model.
@@ -533,32 +580,35 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             qformer_input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): the instruction
                 in the Q-Former's vocabulary. Without it the queries see only the image (BLIP-2 behaviour).
             qformer_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*).
+            image_embeds (`torch.FloatTensor`, *optional*): [`encode_images`]' output, instead of `pixel_values`.
             kwargs: `output_hidden_states`, `output_attentions` (both towers record theirs) and `return_dict`.
 
         Returns:
             [`InstructBlipImageFeaturesOutput`]: `pooler_output` holds the visual tokens, of shape
             `(batch_size, frames * num_query_tokens, text_hidden_size)`.
         """
-        batch_size = pixel_values.shape[0]
-        frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values.flatten(0, 1)  # (B*T, 3, H, W)
+        if (pixel_values is None) == (image_embeds is None):
+            raise ValueError("Pass either pixel_values or image_embeds (from model.encode_images), not both.")
+        # 1. The frozen image encoder; its output does not depend on the instruction.
+        vision_outputs = BaseModelOutputWithPooling()
+        if image_embeds is None and (kwargs.get("output_hidden_states") or kwargs.get("output_attentions")):
+            # Recording every image's hidden states and attention maps: each image through the tower.
+            vision_outputs = self.vision_model(pixel_values.flatten(0, -4), return_dict=True, **kwargs)
+            image_embeds = vision_outputs.last_hidden_state.unflatten(0, pixel_values.shape[:-3])
+        elif image_embeds is None:
+            image_embeds = self.encode_images(pixel_values)
+        batch_size = image_embeds.shape[0]
+        frames = image_embeds.shape[1] if image_embeds.ndim == 4 else 1
+        image_embeds = image_embeds.flatten(0, -3)  # (B*T, 1 + P, Cv)
+        if frames > 1:
             # Every frame reads the same instruction.
             if qformer_input_ids is not None:
                 qformer_input_ids = qformer_input_ids.repeat_interleave(frames, dim=0)
             if qformer_attention_mask is not None:
                 qformer_attention_mask = qformer_attention_mask.repeat_interleave(frames, dim=0)
-        elif pixel_values.ndim != 4:
-            raise ValueError(
-                "pixel_values must have shape (batch, 3, height, width) for images or (batch, frames, 3, height, "
-                f"width) for videos, got {tuple(pixel_values.shape)}."
-            )
         if qformer_input_ids is not None and qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)
 
-        # 1. The frozen image encoder; its output does not depend on the instruction.
-        vision_outputs = self.vision_model(pixel_values, return_dict=True, **kwargs)
-        image_embeds = vision_outputs.last_hidden_state  # (B*T, 1 + P, Cv)
         # 2. The learned queries read the instruction (self-attention) and the image (cross-attention).
         queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
         qformer_outputs = self.qformer(
@@ -601,7 +651,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         expected = 0 if image_features is None else image_features.shape[1]
         image_token = self.config.image_token_index
         if image_features is None:
-            message = f"input_ids contain <image> placeholders (id {image_token}) but no pixel_values were given."
+            message = f"input_ids contain <image> placeholders (id {image_token}) but no pixel_values or image_embeds."
         else:
             message = (
                 f"Each row of input_ids must contain exactly {expected} <image> placeholders (id {image_token}): "
@@ -622,6 +672,59 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 "garbage tokens; load it with dtype=torch.bfloat16 or torch.float32."
             )
 
+    def _check_inputs(self, **inputs: torch.Tensor | None) -> None:
+        """Refuse inputs that would fail deep inside torch or silently give wrong results, naming the argument,
+        the shapes and the fix. `forward` and `generate` both call it first, so they refuse the same inputs."""
+        given = {name: value for name, value in inputs.items() if value is not None}
+        pixel_values, input_ids = given.get("pixel_values"), given.get("input_ids")
+
+        def refuse(problem: str, fix: str):
+            shapes = ", ".join(f"{name} {tuple(value.shape)}" for name, value in given.items())
+            raise ValueError(f"{problem} (got {shapes}). {fix}")
+
+        if len({value.shape[0] for value in given.values()}) > 1:
+            refuse("The inputs disagree on the batch size", "Give every input one row per example.")
+        if any(value.shape[0] == 0 for value in given.values()):
+            refuse("The batch is empty", "Pass at least one example.")
+        prompt = input_ids if input_ids is not None else given.get("inputs_embeds")
+        aligned = {"attention_mask": prompt, "qformer_attention_mask": given.get("qformer_input_ids")}
+        if self.config.use_decoder_only_language_model:
+            aligned["labels"] = input_ids  # decoder-only labels are not shifted
+        for name, ids in aligned.items():
+            if name in given and ids is not None and given[name].shape[:2] != ids.shape[:2]:
+                refuse(f"{name} must have the shape of its ids", "Build the inputs with the processor.")
+        vocabularies = {"input_ids": self.config.text_config, "qformer_input_ids": self.config.qformer_config}
+        for name, config in vocabularies.items():
+            ids = given.get(name)
+            if ids is not None and (ids.is_floating_point() or ids.dtype == torch.bool):
+                refuse(f"{name} must hold integer token ids, not {ids.dtype}", "Pass torch.long ids.")
+            if ids is not None and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < config.vocab_size:
+                refuse(f"{name} hold ids outside the vocabulary [0, {config.vocab_size})", "Use the model's tokenizers.")
+            # Over-long text is an error, never silently cut: the processor truncates from the left, as LAVIS.
+            ids = prompt if name == "input_ids" else ids
+            limit = getattr(config, "max_position_embeddings", None)
+            if ids is not None and limit is not None and ids.shape[1] > limit:
+                refuse(
+                    f"{name} has {ids.shape[1]} positions; the model reads at most {limit}",
+                    "Shorten the instruction, or truncate it from the left as LAVIS does (the processor's "
+                    "llm_max_length, qformer_max_length).",
+                )
+        if pixel_values is None:
+            placeholders = input_ids is not None and (input_ids == self.config.image_token_index).any()
+            if placeholders and "image_embeds" not in given:
+                refuse("input_ids hold <image> placeholders but no pixel_values were given", "Pass pixel_values.")
+            return
+        if pixel_values.ndim not in (4, 5) or pixel_values.shape[-3] != 3:
+            refuse("pixel_values must be (batch, 3, height, width) or (batch, frames, 3, height, width)",
+                   "Build them with the processor, which makes every image RGB.")
+        if pixel_values.ndim == 5 and pixel_values.shape[1] == 0:
+            refuse("The videos in pixel_values have no frames", "Pass at least one frame per video.")
+        if not pixel_values.is_floating_point():
+            refuse(f"pixel_values must be normalized floats, not {pixel_values.dtype}",
+                   "Build them with the processor (it rescales and normalizes the pixels).")
+        if not torch.isfinite(pixel_values).all():
+            refuse("pixel_values hold NaN or infinite values", "Check the images and their preprocessing.")
+
     @can_return_tuple
     def forward(
         self,
@@ -635,6 +738,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
+        image_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> InstructBlipOutput:
         r"""
@@ -654,6 +758,8 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 with `input_ids` and not shifted (the LLM shifts), -100 where no loss is taken (placeholders,
                 instruction, padding). Encoder-decoder: the decoder targets, shape `(batch_size, target_length)`.
             decoder_input_ids, decoder_attention_mask (`torch.LongTensor`, *optional*): encoder-decoder only.
+            image_embeds (`torch.FloatTensor`, *optional*): [`encode_images`]' output for these rows, instead of
+                `pixel_values`: the vision tower is skipped, the Q-Former still reads each row's instruction.
             output_hidden_states (`bool`, *optional*): `False` skips the language model's hidden states, and with
                 them `last_hidden_state`; `None` (the default, also what PEFT passes) and `True` keep them, because
                 trainers with a fused LM head (TRL) need `last_hidden_state`. Under autograd every layer's output is
@@ -664,13 +770,20 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 `output_attentions=True` also records the towers' attention maps, the Q-Former's cross-attention
                 to the image included.
         """
+        if not torch.compiler.is_compiling():  # data-dependent checks; a compiled graph keeps the placeholder check
+            self._check_inputs(
+                pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask,
+                inputs_embeds=inputs_embeds, labels=labels, image_embeds=image_embeds,
+            )
         self._warn_if_fp16_t5()
         image_outputs = InstructBlipImageFeaturesOutput()
-        if pixel_values is not None:
+        if pixel_values is not None or image_embeds is not None:
             image_outputs = self.get_image_features(
                 pixel_values,
                 qformer_input_ids,
                 qformer_attention_mask,
+                image_embeds=image_embeds,
                 output_attentions=kwargs.get("output_attentions"),
                 output_hidden_states=output_hidden_states,
             )
@@ -717,13 +830,15 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         qformer_attention_mask: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         generation_config=None,
+        image_embeds: torch.FloatTensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Generate text about the image(s); takes the processor's outputs plus any standard generation argument.
 
         The image features replace the `<image>` placeholders, then the language model's own `generate()` runs on
         the embeddings, so every decoding strategy, `GenerationConfig` and logits processor of `transformers`
-        applies. Without `generation_config` the model's own (`generation_config.json`) is used.
+        applies. Without `generation_config` the model's own (`generation_config.json`) is used. `image_embeds`
+        ([`encode_images`]' output) can replace `pixel_values`, as in `forward`.
 
         The LLM receives only the embeddings, as in LAVIS, so logits processors (the repetition penalty) see the
         generated tokens alone, never the prompt.
@@ -734,9 +849,14 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             `output[:, input_ids.shape[1]:]`; given `inputs_embeds` alone, the new tokens alone); for an
             encoder-decoder LLM, the decoder sequence (its start token, then the answer).
         """
+        self._check_inputs(
+            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+            qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask,
+            image_embeds=image_embeds,
+        )
         # The checkpoint's generation_config.json is loaded into this model; the LLM generates, so it must see it.
         self.language_model.generation_config = self.generation_config
-        if pixel_values is None:
+        if pixel_values is None and image_embeds is None:
             return self.language_model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -745,10 +865,12 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 **generate_kwargs,
             )
         self._warn_if_fp16_t5()
-        image_features = self.get_image_features(pixel_values, qformer_input_ids, qformer_attention_mask).pooler_output
+        image_features = self.get_image_features(
+            pixel_values, qformer_input_ids, qformer_attention_mask, image_embeds=image_embeds
+        ).pooler_output
         if input_ids is None and inputs_embeds is None:
-            frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
-            input_ids = self._default_prompt_ids(pixel_values.shape[0], frames, image_features.device)
+            frames = image_features.shape[1] // self.config.num_query_tokens
+            input_ids = self._default_prompt_ids(image_features.shape[0], frames, image_features.device)
         inputs_embeds = self._embed_prompt(input_ids, image_features, inputs_embeds)
         if attention_mask is None:
             attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)

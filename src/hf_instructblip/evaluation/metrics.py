@@ -1,6 +1,7 @@
-"""Metrics of the zero-shot protocol: pure functions over Python lists, each returning a proportion in [0, 1].
+"""Metrics of the zero-shot protocol: pure functions over Python lists, each returning a float.
 
-The paper's tables show these ×100 (CIDEr-D ×100 too: [`cider_d`] keeps pycocoevalcap's ×10 scale, so 1.2 is 120).
+Accuracies, MRR and AUC are proportions in [0, 1]; [`cider_d`] keeps pycocoevalcap's ×10 scale. The paper's tables
+show all of them ×100: 0.452 MRR is 45.2, 1.2 CIDEr-D is 120.
 
 | metric | tasks | source of truth |
 |---|---|---|
@@ -119,13 +120,14 @@ def _check_aligned(predictions: Sequence, references: Sequence) -> None:
         raise ValueError("predictions and references are empty: a metric over no examples is undefined.")
 
 
-def _answer_lists(references: Sequence, minimum: int = 1, fix: str = "count such examples apart") -> list[list[str]]:
+def _answer_lists(references: Sequence, minimum: int = 1, fix: str = "") -> list[list[str]]:
     """Each example's reference answers as a list, rejecting lists too short to score."""
     lists = [[answers] if isinstance(answers, str) else list(answers) for answers in references]
     for index, answers in enumerate(lists):
         if len(answers) < minimum:
             raise ValueError(
-                f"references[{index}] has {len(answers)} answer(s), fewer than the {minimum} this metric needs: {fix}."
+                f"references[{index}] has {len(answers)} answer(s), fewer than the {minimum} this metric needs: "
+                f"{fix if answers else 'count examples without references apart'}."
             )
     return lists
 
@@ -261,7 +263,7 @@ def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     2.378395
     """
     _check_aligned(predictions, references)
-    reference_lists = _answer_lists(references, fix="count examples without references apart")
+    reference_lists = _answer_lists(references)
     tokenized = ptb_tokenize([*predictions, *(reference for refs in reference_lists for reference in refs)])
     candidates = [caption.split() for caption in tokenized[: len(predictions)]]
     flat_references = iter(tokenized[len(predictions) :])

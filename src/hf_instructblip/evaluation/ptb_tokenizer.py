@@ -108,7 +108,8 @@ SREDAUX = _ci("n") + APOSETCETERA + _ci("t")
 APOWORD = "|".join([
     f"{APOS}{_ci('n')}{APOS}?", f"[lLdDjJ]{APOS}", f"{_ci('Dunkin')}{APOS}", f"{_ci('somethin')}{APOS}",
     f"{_ci('ol')}{APOS}", f"{APOS}{_ci('em')}", rf"[A-HJ-XZn]{APOSETCETERA}\p{{L}}{{2}}\p{{L}}*",
-    f"{APOS}[2-9]{_ci('0s')}", f"{APOS}{_ci('till?')}", rf"\p{{L}}\p{{L}}*[aeiouyAEIOUY]{APOSETCETERA}[aeiouA-Z]\p{{L}}*",
+    f"{APOS}[2-9]{_ci('0s')}", f"{APOS}{_ci('till?')}",
+    rf"\p{{L}}\p{{L}}*[aeiouyAEIOUY]{APOSETCETERA}[aeiouA-Z]\p{{L}}*",
     f"{APOS}{_ci('cause')}", _ci(r"cont'd\.?|'twas|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l"),
     f"{_ci('O')}{APOSETCETERA}{_ci('o')}",
 ])
@@ -146,7 +147,8 @@ PHONE = (r"(?:\([0-9]{2,3}\)[ \u00A0]?|(?:\+\+?)?(?:[0-9]{2,4}[\- \u00A0])?[0-9]
          r"[0-9]{3,4}[\- \u00A0]?[0-9]{3,5}|(?:(?:\+\+?)?[0-9]{2,4}\.)?[0-9]{2,4}\.[0-9]{3,4}\.[0-9]{3,5}")
 LDOTS = r"\.{3,5}|(?:\.[ \u00A0]){2,4}\.|[\u0085\u2026]"
 INSENTP = r"[,;:\u3001]"
-QUOTES = rf"{APOS}|''|[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094\u201E\u201F\u2039\u203A\u00AB\u00BB]{{1,2}}"
+QUOTES = (rf"{APOS}|''|"
+          r"[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094\u201E\u201F\u2039\u203A\u00AB\u00BB]{1,2}")
 DBLQUOT = '"|&' + _ci("quot") + ";"
 TBSPEC = "|".join([
     "-" + _ci("RRB|LRB|RCB|LCB|RSB|LSB") + "-", _ci(r"C\.D\.s|pro-|anti-"),
@@ -188,8 +190,17 @@ def _nbsp(text: str) -> str:
     return text.replace(" ", "\u00A0")
 
 
+_AMP_ENTITY = regex.compile("&[aA][mM][pP];")
+_SINGLE_QUOTE = regex.compile("&apos;|'")
+_DOUBLE_QUOTE = regex.compile('"|&quot;')
+_CURLY_QUOTES = [(regex.compile(f"[{characters}]"), latex) for characters, latex in (
+    ("\u0091\u2018\u201B\u2039", "`"), ("\u0092\u2019\u203A", "'"), ("\u0093\u201C\u00AB", "``"),
+    ("\u0094\u201D\u00BB", "''"))]
+_GENERIC_CURRENCY = regex.compile("[\u0080\u00A4\u20A0\u20AC]")
+
+
 def _ampersand(text: str) -> str:
-    return regex.sub("&[aA][mM][pP];", "&", text)
+    return _AMP_ENTITY.sub("&", text)
 
 
 def _brackets(text: str) -> str:
@@ -197,11 +208,10 @@ def _brackets(text: str) -> str:
 
 
 def _latex_quotes(text: str, probably_left: bool) -> str:
-    text = regex.sub("&apos;|'", "`" if probably_left else "'", text)
-    text = regex.sub('"|&quot;', "``" if probably_left else "''", text)
-    for characters, replacement in (("\u0091\u2018\u201B\u2039", "`"), ("\u0092\u2019\u203A", "'"),
-                                    ("\u0093\u201C\u00AB", "``"), ("\u0094\u201D\u00BB", "''")):
-        text = regex.sub(f"[{characters}]", replacement, text)
+    text = _SINGLE_QUOTE.sub("`" if probably_left else "'", text)
+    text = _DOUBLE_QUOTE.sub("``" if probably_left else "''", text)
+    for pattern, latex in _CURLY_QUOTES:
+        text = pattern.sub(latex, text)
     return text
 
 
@@ -214,7 +224,7 @@ def _right_quote(text: str) -> str:
 
 
 def _currency(text: str) -> str:
-    return regex.sub("[\u0080\u00A4\u20A0\u20AC]", "$", text.replace("\u00A2", "cents").replace("\u00A3", "#"))
+    return _GENERIC_CURRENCY.sub("$", text.replace("\u00A2", "cents").replace("\u00A3", "#"))
 
 
 def _fraction(text: str) -> str:

@@ -14,6 +14,7 @@ from .trainer import (
     freeze_for_instruction_tuning,
     merge_lora,
 )
+from .vision_cache import VisionFeatureCache
 
 __all__ = [
     "HELD_IN_DATASETS",
@@ -23,6 +24,7 @@ __all__ = [
     "InstructBlipTrainingArguments",
     "MixtureSampler",
     "Recipe",
+    "VisionFeatureCache",
     "add_lora",
     "freeze_for_instruction_tuning",
     "interleave_mixture",

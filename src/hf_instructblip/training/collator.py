@@ -66,12 +66,14 @@ class InstructBlipDataCollator:
         decoder_only: the model's `config.use_decoder_only_language_model`.
         max_instruction_length, max_answer_length: [`InstructBlipTrainingArguments`] holds their defaults (128,
             256) and passes them; given by hand, they are required.
+        return_image_ids: add `image_ids`, the examples' `image_id`s (a list), for the trainer's vision cache.
     """
 
     processor: Any
     max_instruction_length: int
     max_answer_length: int
     decoder_only: bool = True
+    return_image_ids: bool = False
     _counts: Any = field(default_factory=_shared_counters, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -106,6 +108,8 @@ class InstructBlipDataCollator:
         batch["qformer_input_ids"] = pad(inputs["qformer_input_ids"], self.processor.qformer_tokenizer.pad_token_id)
         batch["qformer_attention_mask"] = pad(inputs["qformer_attention_mask"], 0)
         batch["pixel_values"] = torch.as_tensor(inputs["pixel_values"])
+        if self.return_image_ids:
+            batch["image_ids"] = [example.get("image_id") for example in examples]
         return batch
 
     def _language_model_inputs(self, prompts: list[list[int]], targets: list[list[int]]) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ run: its row comes back with `image=None` and a counted warning (the collator dr
 `on_bad_image="raise"`.
 """
 
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 # Row position, added as a column so that the transform (which sees column values only) can seed each example.
 INDEX_COLUMN = "_instructblip_row"
-OUTPUT_COLUMNS = ("image", "text_input", "text_output")
+OUTPUT_COLUMNS = ("image", "image_id", "text_input", "text_output")
 BAD_IMAGE_POLICIES = ("skip", "raise")
 
 TextBuilder = Callable[[Mapping, np.random.Generator], tuple[str, str]]
@@ -253,6 +254,23 @@ def _image_source(value, image_root: str | None):
     return value
 
 
+def image_identity(value, image_root: str | None = None) -> str | None:
+    """What the image is, known before decoding it: a digest of its encoded bytes, else its resolved path.
+
+    The same picture used by several rows or datasets (COCO under VQAv2, OK-VQA and captioning) gets one identity;
+    it keys the training cache of vision features. None for an in-memory image or an empty record.
+    """
+    try:
+        source = _image_source(value, image_root)
+    except ValueError:  # an empty record; decoding reports it
+        return None
+    if isinstance(source, bytes):
+        return "blake2b:" + hashlib.blake2b(source, digest_size=16).hexdigest()
+    if isinstance(source, str):
+        return "path:" + os.path.abspath(source)
+    return None
+
+
 def _decode_or_skip(value, *, name: str, index: int, image_root: str | None, on_bad_image: str):
     # Decoded by the processor's own function (any PIL mode, 16-bit grey rescaled, to RGB), so that training reads
     # the pixels inference reads; decoded here, per row, so that a broken file is attributed to its row.
@@ -306,7 +324,9 @@ def prepare_dataset(
     image_root: str | None = None,
     on_bad_image: str = "skip",
 ) -> datasets.Dataset:
-    """`dataset` with rows `{image, text_input, text_output}`, computed when read (`with_transform`).
+    """`dataset` with rows `{image, image_id, text_input, text_output}`, computed when read (`with_transform`).
+
+    `image_id` is [`image_identity`] of the source image, computed without decoding it.
 
     Args:
         dataset: a map-style `datasets.Dataset` (for streaming data see [`~mixture.interleave_mixture`]).
@@ -344,6 +364,7 @@ def prepare_dataset(
             out["image"].append(
                 _decode_or_skip(row["image"], name=name, index=index, image_root=image_root, on_bad_image=on_bad_image)
             )
+            out["image_id"].append(image_identity(row["image"], image_root))
             out["text_input"].append(text_input)
             out["text_output"].append(text_output)
         return out
@@ -361,7 +382,7 @@ def as_training_dataset(dataset, name: str):
     """
     if not isinstance(dataset, datasets.Dataset) or INDEX_COLUMN in dataset.column_names:
         return dataset
-    missing = [column for column in OUTPUT_COLUMNS if column not in dataset.column_names]
+    missing = [column for column in RECIPES["custom"].columns.values() if column not in dataset.column_names]
     if missing:
         raise ValueError(
             f"Training dataset {name!r} has no column(s) {missing}; its columns are {dataset.column_names}. "
@@ -401,6 +422,7 @@ __all__ = [
     "as_training_dataset",
     "caption_texts",
     "conversation_texts",
+    "image_identity",
     "load_source",
     "multiple_choice_texts",
     "passthrough_texts",

@@ -17,7 +17,6 @@ Everything else (bf16, gradient checkpointing, DDP through `accelerate`, logging
 """
 
 import functools
-import hashlib
 import logging
 import math
 import os
@@ -40,6 +39,7 @@ from ..model_card import model_card
 from .collator import IGNORE_INDEX, InstructBlipDataCollator
 from .mixture import ConcatenatedDatasets, MixtureSampler
 from .recipes import as_training_dataset
+from .vision_cache import VisionFeatureCache
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,11 @@ class InstructBlipTrainingArguments(TrainingArguments):
     train_language_projection: bool = field(default=True, metadata={"help": "Train the Q-Former → LLM projection."})
     train_language_model: bool = field(default=False, metadata={"help": "Train the whole LLM."})
 
-    cache_vision_features: bool = field(
-        default=False,
-        metadata={"help": "Compute the frozen vision encoder once per distinct image and reuse it (no random "
-                  "augmentation; memory grows with the number of images: for small datasets)."},
+    vision_cache_gb: float = field(
+        default=0.0,
+        metadata={"help": "Keep up to this many GB of the frozen vision tower's outputs, keyed by image identity, "
+                  "least recently used first out (0: off). Needs a frozen vision tower and no random augmentation; "
+                  "see VisionFeatureCache."},
     )
 
     # Data. The Q-Former's instruction length is the processor's `qformer_max_length`, in training and inference.
@@ -108,8 +109,10 @@ class InstructBlipTrainingArguments(TrainingArguments):
         if not any(getattr(self, name) for name in FREEZE_FLAGS):
             raise ValueError(f"Every component is frozen ({', '.join(f'{n}=False' for n in FREEZE_FLAGS)}): "
                              "nothing would be trained.")
-        if self.cache_vision_features and self.train_vision_model:
-            raise ValueError("cache_vision_features needs a frozen vision tower (train_vision_model=False).")
+        if self.vision_cache_gb < 0:
+            raise ValueError(f"vision_cache_gb must be >= 0 (0 turns the cache off), got {self.vision_cache_gb}.")
+        if self.vision_cache_gb and self.train_vision_model:
+            raise ValueError("vision_cache_gb needs a frozen vision tower (train_vision_model=False).")
         if self.fsdp and self.use_cpu:
             raise ValueError(
                 "fsdp is not applied on CPU: accelerate runs CPU processes as DDP (MULTI_CPU) and would ignore it. "
@@ -149,34 +152,6 @@ def upcast_trainable(model: nn.Module) -> None:
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.is_floating_point():
             parameter.data = parameter.data.float()
-
-
-class FrozenFeatureCache:
-    """Replaces a frozen module's `forward` by a lookup keyed on each input row's bytes.
-
-    The vision encoder's output for an image never changes while it is frozen, so every repeat of the image (the
-    mixture sampler revisits small datasets many times) can skip it. Valid only if the same image always gives the
-    same input (no random augmentation). Memory grows with the number of distinct images (EVA ViT-g: 257 × 1408
-    values each), so this is for small datasets; the module's weights and state dict are untouched.
-    """
-
-    def __init__(self, module: nn.Module):
-        self.compute = module.forward
-        self.features: dict[bytes, torch.Tensor] = {}
-        self.hits = self.misses = 0
-        module.forward = self
-
-    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        keys = [hashlib.blake2b(row.detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
-                for row in hidden_states]
-        missing = [i for i, key in enumerate(keys) if key not in self.features]
-        if missing:
-            with torch.no_grad():
-                computed = self.compute(hidden_states[missing])
-            self.features.update((keys[i], row) for i, row in zip(missing, computed))
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        return torch.stack([self.features[key] for key in keys])
 
 
 def add_lora(model: nn.Module, lora_config) -> None:
@@ -309,9 +284,8 @@ class InstructBlipTrainer(Trainer):
             )
         self.frozen_modules = freeze_for_instruction_tuning(model, **args.freeze_flags)
         self.vision_cache = None
-        if args.cache_vision_features:
-            # The encoder only: the final LayerNorm after it trains by default.
-            self.vision_cache = FrozenFeatureCache(model.vision_model.encoder)
+        if args.vision_cache_gb > 0:
+            self.vision_cache = VisionFeatureCache(int(args.vision_cache_gb * 1e9))
         if args.bf16 or args.fp16:
             upcast_trainable(model)
         if peft_config is not None:
@@ -333,6 +307,7 @@ class InstructBlipTrainer(Trainer):
                 decoder_only=model.config.use_decoder_only_language_model,
                 max_instruction_length=args.max_instruction_length,
                 max_answer_length=args.max_answer_length,
+                return_image_ids=self.vision_cache is not None,
             )
         if kwargs.get("compute_metrics") is None:
             kwargs["compute_metrics"] = answer_metrics
@@ -380,6 +355,16 @@ class InstructBlipTrainer(Trainer):
         # (no dropout), as in the paper.
         for module in self.frozen_modules:
             module.eval()
+        image_ids = inputs.pop("image_ids", None)
+        if self.vision_cache is not None and model.training:
+            if image_ids is None:
+                raise ValueError(
+                    "vision_cache_gb needs `image_ids` in every batch: use InstructBlipDataCollator (which adds them "
+                    "under the cache) on datasets from prepare_dataset. A collator with random augmentation must "
+                    "not use the cache."
+                )
+            vision_model = self.accelerator.unwrap_model(model).vision_model
+            inputs["image_embeds"] = self.vision_cache.image_embeds(vision_model, inputs.pop("pixel_values"), image_ids)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     # --- checkpoints and model card ----------------------------------------------------------------------------------
@@ -465,7 +450,6 @@ def mixture_card_section(sampler: MixtureSampler, multipliers: Mapping[str, floa
 
 
 __all__ = [
-    "FrozenFeatureCache",
     "MixtureCheckpointCallback",
     "InstructBlipTrainer",
     "InstructBlipTrainingArguments",
