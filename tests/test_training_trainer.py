@@ -406,7 +406,7 @@ def test_vision_cache_is_least_recently_used_and_refuses_a_trainable_tower():
     entry_bytes = frozen_vision_features(vision, pixel_values[:1]).nbytes
     cache = VisionFeatureCache(2 * entry_bytes)
     embeds = cache.image_embeds(vision, pixel_values[[0, 1, 0]], ["a", "b", "a"])
-    torch.testing.assert_close(embeds, vision(pixel_values[[0, 1, 0]]))
+    torch.testing.assert_close(embeds, vision(pixel_values[[0, 1, 0]]).last_hidden_state)
     assert (cache.hits, cache.misses, list(cache.entries)) == (1, 2, ["a", "b"])
     cache.image_embeds(vision, pixel_values[[0]], ["a"])  # "a" becomes the most recent
     cache.image_embeds(vision, pixel_values[[2]], ["c"])  # evicts "b"

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_instructblip authors. Licensed under the Apache License, Version 2.0.
 """InstructBLIP configuration: vision tower, instruction-aware Q-Former, and the language model they feed.
 
 This file ships to the Hub next to the weights (``trust_remote_code``), so it imports only from ``transformers``
@@ -198,7 +199,8 @@ class InstructBlipConfig(PreTrainedConfig):
     attribute_map = {"image_token_id": "image_token_index"}
     # Trainer's evaluation gathers every other output across batches; only `logits` are predictions.
     keys_to_ignore_at_inference = [
-        "last_hidden_state", "image_features", "vision_outputs", "qformer_outputs", "language_model_outputs"
+        "last_hidden_state", "image_features", "image_outputs", "vision_outputs", "qformer_outputs",
+        "language_model_outputs",
     ]
     sub_configs_defaults = {
         "vision_config": InstructBlipVisionConfig,

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_instructblip authors. Licensed under the Apache License, Version 2.0.
 """InstructBLIP: vision tower → instruction-aware Q-Former → projection → language model.
 
 Read top to bottom, this file follows the paper's figure:
@@ -20,6 +21,7 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -31,7 +33,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, can_return_tuple, logging, torch_compilable_check
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging, torch_compilable_check
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs, maybe_install_capturing_hooks
 
 from .configuration_instructblip import InstructBlipConfig, InstructBlipQFormerConfig, InstructBlipVisionConfig
@@ -74,8 +76,9 @@ class InstructBlipOutput(ModelOutput):
             fused LM head (TRL's `SFTTrainer`) compute the loss from it instead of from the logits.
         image_features (`torch.FloatTensor` of shape `(batch_size, frames * num_query_tokens, text_hidden_size)`):
             the projected query outputs that replaced the `<image>` placeholders.
+        image_outputs ([`InstructBlipImageFeaturesOutput`]): what `get_image_features` returned.
         vision_outputs (`BaseModelOutputWithPooling`), qformer_outputs (`BaseModelOutputWithCrossAttentions`): the
-            two towers' outputs, with their hidden states and attention maps when asked for.
+            two towers' outputs (also in `image_outputs`), with their hidden states and attention maps when asked.
         language_model_outputs (`ModelOutput`): everything the language model returned (cache, hidden states...).
     """
 
@@ -83,6 +86,7 @@ class InstructBlipOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     image_features: torch.FloatTensor | None = None
+    image_outputs: InstructBlipImageFeaturesOutput | None = None
     vision_outputs: BaseModelOutputWithPooling | None = None
     qformer_outputs: BaseModelOutputWithCrossAttentions | None = None
     language_model_outputs: ModelOutput | None = None
@@ -263,7 +267,9 @@ class InstructBlipVisionModel(InstructBlipPreTrainedModel):
         return self.embeddings
 
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def forward(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
         """`pixel_values` (B, 3, H, W) → `last_hidden_state` (B, 1 + P, Cv) after the final LayerNorm, and its
         class token as `pooler_output` (B, Cv). Takes `output_hidden_states`, `output_attentions`, `return_dict`."""
         image_embeds = self.post_layernorm(self.encoder(self.embeddings(pixel_values)))
@@ -433,7 +439,7 @@ class InstructBlipQFormerModel(InstructBlipPreTrainedModel):
         image_embeds: torch.Tensor,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithCrossAttentions:
         """`last_hidden_state` (B, Nq + L, C): the query outputs first. Takes `output_hidden_states`,
         `output_attentions` (self- and cross-attention maps) and `return_dict`."""
@@ -570,7 +576,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.LongTensor | None = None,
         image_embeds: torch.FloatTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> InstructBlipImageFeaturesOutput:
         """Instruction-aware visual tokens for the language model.
 
@@ -590,13 +596,17 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         if (pixel_values is None) == (image_embeds is None):
             raise ValueError("Pass either pixel_values or image_embeds (from model.encode_images), not both.")
         # 1. The frozen image encoder; its output does not depend on the instruction.
-        vision_outputs = BaseModelOutputWithPooling()
-        if image_embeds is None and (kwargs.get("output_hidden_states") or kwargs.get("output_attentions")):
+        config = self.vision_model.config
+        flags = ("output_hidden_states", "output_attentions")
+        record = any(kwargs.get(flag, getattr(config, flag, False)) for flag in flags)
+        if image_embeds is None and record:
             # Recording every image's hidden states and attention maps: each image through the tower.
             vision_outputs = self.vision_model(pixel_values.flatten(0, -4), return_dict=True, **kwargs)
             image_embeds = vision_outputs.last_hidden_state.unflatten(0, pixel_values.shape[:-3])
-        elif image_embeds is None:
-            image_embeds = self.encode_images(pixel_values)
+        else:
+            image_embeds = self.encode_images(pixel_values) if image_embeds is None else image_embeds
+            encoded = image_embeds.flatten(0, -3)
+            vision_outputs = BaseModelOutputWithPooling(last_hidden_state=encoded, pooler_output=encoded[:, 0])
         batch_size = image_embeds.shape[0]
         frames = image_embeds.shape[1] if image_embeds.ndim == 4 else 1
         image_embeds = image_embeds.flatten(0, -3)  # (B*T, 1 + P, Cv)
@@ -806,6 +816,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             logits=outputs.logits,
             last_hidden_state=None if hidden_states is None else hidden_states[-1],
             image_features=image_outputs.pooler_output,
+            image_outputs=image_outputs if pixel_values is not None or image_embeds is not None else None,
             vision_outputs=image_outputs.vision_outputs,
             qformer_outputs=image_outputs.qformer_outputs,
             language_model_outputs=outputs,

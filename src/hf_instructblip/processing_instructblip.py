@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_instructblip authors. Licensed under the Apache License, Version 2.0.
 """InstructBLIP processor: images or video frames + instruction → model inputs.
 
 The instruction is tokenized twice: by the LLM tokenizer (after `num_query_tokens` `<image>` placeholders per

@@ -23,10 +23,15 @@ REPLACED = (
 
 if UNDER_TEST == "ours":
     import hf_instructblip
+    from transformers.models.instructblip import configuration_instructblip, modeling_instructblip
 
-    for name in REPLACED:
-        setattr(transformers, name, getattr(hf_instructblip, name))
-    transformers.InstructBlipModel = hf_instructblip.InstructBlipForConditionalGeneration
+    # `from transformers import X` resolves X lazily in the module that defines it: replace it there.
+    replacements = {name: getattr(hf_instructblip, name) for name in REPLACED}
+    replacements["InstructBlipModel"] = hf_instructblip.InstructBlipForConditionalGeneration
+    for name, replacement in replacements.items():
+        module = configuration_instructblip if name.endswith("Config") else modeling_instructblip
+        setattr(module, name, replacement)
+        transformers.__dict__.pop(name, None)
 elif UNDER_TEST != "builtin":
     raise ValueError(f"INSTRUCTBLIP_UNDER_TEST must be 'builtin' or 'ours', got {UNDER_TEST!r}.")
 
