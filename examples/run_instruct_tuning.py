@@ -1,29 +1,34 @@
-"""Instruction-tune InstructBLIP on a mixture of datasets, the paper's way (Q-Former only, sqrt-size sampling).
+"""Instruction-tune InstructBLIP the paper's way (Q-Former side only, datasets sampled ∝ √size).
 
-With no arguments, runs the embedded miniature of the paper offline on a laptop CPU (a few minutes): a tiny base
-is pre-trained on a synthetic world of coloured shapes (stage 0, cached), then only its Q-Former, queries, final
-vision LayerNorm and projection are instruction-tuned on five held-in "datasets" of very different sizes; held-in
-and held-out scores are printed before and after, and the tuned model is saved, reloaded with
-`AutoModelForImageTextToText` + `pipeline("image-text-to-text")` and asked about a fresh image.
+With neither --model_name_or_path nor --datasets: the paper in miniature (`shapes_miniature.py`), offline on CPU in
+about five minutes on 2 cores. A tiny InstructBLIP is pre-trained on a synthetic world of coloured shapes (stage 0:
+the stand-in for Vicuna + BLIP-2, cached in --miniature_cache_dir), then instruction-tuned on five held-in
+"datasets" of very different sizes. The table puts held-in and held-out exact match after tuning beside the stage-0
+"BLIP-2" row and chance; --miniature_seeds N repeats stage 1 with N seeds (mean and range), --miniature_ablations
+adds the paper's two ablations. On a busy machine, prefix OMP_NUM_THREADS=1.
 
-Real scale (the full 13-dataset command is in the README):
+  miniature defaults: --max_steps {max_steps} --per_device_train_batch_size {per_device_train_batch_size} --learning_rate {learning_rate} --seed {seed}
+                      --output_dir {output_dir} (the model and miniature_results.json)
 
-    accelerate launch examples/run_instruct_tuning.py \
-        --model_name_or_path Salesforce/instructblip-vicuna-7b \
-        --datasets coco_caption=HuggingFaceM4/COCO vqav2=HuggingFaceM4/VQAv2 okvqa=HuggingFaceM4/OK-VQA:2.0 \
+Real scale (the full 13-dataset command is in the README), with the paper's defaults (lr 1e-5, 1000 warmup steps,
+cosine):
+
+    accelerate launch examples/run_instruct_tuning.py \\
+        --model_name_or_path Salesforce/instructblip-vicuna-7b \\
+        --datasets coco_caption=HuggingFaceM4/COCO vqav2=HuggingFaceM4/VQAv2 okvqa=HuggingFaceM4/OK-VQA:2.0 \\
         --output_dir instructblip-vicuna7b-tuned --per_device_train_batch_size 16 --max_steps 60000 --bf16
 
-`--datasets` takes `recipe=source[:multiplier]` (or `name/recipe=source[:multiplier]` to use one recipe twice);
+--datasets takes `recipe=source[:multiplier]` (or `name/recipe=source[:multiplier]` to use one recipe twice);
 `source` is a Hub id, a `save_to_disk` folder or a json/jsonl/parquet/csv file.
 """
 
+import argparse
 import logging
-import os
 import sys
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import shapes_miniature as miniature
 import torch
 import transformers
 from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, pipeline
@@ -51,12 +56,6 @@ class ModelArguments:
         default_factory=lambda: ["q_proj", "v_proj"],
         metadata={"help": "LLM modules that get LoRA adapters (Flan-T5: q v)."},
     )
-    miniature_cache_dir: str = field(
-        default=os.path.join(os.path.expanduser("~"), ".cache", "hf_instructblip"),
-        metadata={"help": "Where the miniature's pre-trained tiny base (stage 0) is cached."},
-    )
-    miniature_pretraining_steps: int = field(default=1600, metadata={"help": "Stage-0 steps of the miniature."})
-    miniature_eval_examples: int = field(default=200, metadata={"help": "Miniature evaluation examples per task."})
 
 
 @dataclass
@@ -153,96 +152,56 @@ def run_real(model_args: ModelArguments, data_args: DataArguments, training_args
         trainer.push_to_hub()
 
 
-# --- the embedded miniature --------------------------------------------------------------------------------------------
+# --- the embedded miniature ------------------------------------------------------------------------------------------
 
 
-def run_miniature(model_args: ModelArguments, data_args: DataArguments, args: InstructBlipTrainingArguments):
-    import shapes_miniature as world
-
-    start = time.perf_counter()
-    settings = world.PretrainingSettings(steps=model_args.miniature_pretraining_steps)
-    # Under several ranks, the main process pre-trains and caches stage 0 while the others wait, then read the cache.
-    with args.main_process_first(desc="stage-0 pre-training"):
-        model, processor = world.pretrained_base(model_args.miniature_cache_dir, settings)
-    main = args.process_index == 0
-    sets = world.eval_sets(model_args.miniature_eval_examples, seed=args.seed)
-    if main:
-        before = world.evaluate_tasks(model, processor, sets)
-        captions = sets["caption"]
-        promptless = world.exact_match(model, processor, captions["images"], [""] * len(captions["images"]),
-                                       captions["targets"])
-
-    sources = {task: world.task_dataset(task, size, seed=args.seed + k)
-               for k, (task, size) in enumerate(world.TRAIN_SIZES.items())}
-    recipes = {"caption": "coco_caption", "colour_vqa": "vqav2", "shape_vqa": "vqav2", "count_vqa": "vqav2",
-               "question_generation": "vqg_vqav2"}
-    train_datasets = {
-        task: prepare_dataset(sources[task], recipes[task], name=task, seed=args.seed,
-                              columns={"caption": "caption"} if task == "caption" else None)
-        for task in world.TRAIN_SIZES
-    }
-    trainer = InstructBlipTrainer(model=model, args=args, processing_class=processor, train_datasets=train_datasets)
-    trainer.train()
-    trainer.save_model()  # with the processor; written by the main process only
-    # Every rank has finished training and the output folder is whole before it is read back, on the main process.
-    trainer.accelerator.wait_for_everyone()
-    if not main:
-        return
-    after = world.evaluate_tasks(model, processor, sets)
-    print_table(before, after, promptless, {task: s["chance"] for task, s in sets.items()}, world.HELD_OUT_TASKS)
-    answer_fresh_image(args.output_dir, world, seed=args.seed + 999)
-    print(f"\nMiniature done in {time.perf_counter() - start:.0f} s (stage 0 included unless cached).")
-
-
-def print_table(before, after, promptless, chance, held_out):
-    print("\n| task | split | before (stage-0 base) | after instruction tuning | chance (majority / uniform) |")
-    print("|---|---|---|---|---|")
-    for task in before:
-        split = "held-out" if task in held_out else "held-in"
-        print(f"| {task} | {split} | {before[task]:.3f} | {after[task]:.3f} | {chance[task]} |")
-    print(f"| caption, no prompt (BLIP-2 style) | held-in | {promptless:.3f} | - | ~0 |")
-
-
-def answer_fresh_image(output_dir: str, world, seed: int):
+def answer_fresh_image(output_dir: str, seed: int):
+    """The saved model, reloaded through the Auto classes and the pipeline, asked about a scene it never saw."""
     model = AutoModelForImageTextToText.from_pretrained(output_dir)
     ask = pipeline("image-text-to-text", model=model, processor=AutoProcessor.from_pretrained(output_dir))
     rng = np.random.default_rng(seed)
-    scene = world.random_scene(rng)
-    image = world.draw(scene, rng)
-    question = f"what colour is the {scene[0].shape} ?"
+    scene = miniature.random_scene(rng)
+    image = miniature.draw(scene, rng)
+    question, truth = miniature.where_question(scene, rng)
     prompt = f"Question: {question} Short answer:"
     answer = ask(images=image, text=prompt, max_new_tokens=5, return_full_text=False)[0]["generated_text"]
     print(f"\nReloaded from {output_dir} with AutoModelForImageTextToText + pipeline('image-text-to-text').")
-    print(f"Fresh image: {world.caption(scene)}\nQ: {question}\nA: {answer.strip()} (truth: {scene[0].colour})")
+    print(f"Fresh image: {miniature.caption(scene)}\nQ (held-out type): {question}")
+    print(f"A: {answer.strip()} (truth: {truth})")
 
 
-# The miniature's stage-1 settings; anything given on the command line comes later and wins.
-MINIATURE_ARGS = [
-    "--output_dir", "outputs/instructblip-shapes-miniature",
-    "--per_device_train_batch_size", "32",
-    "--max_steps", "3000",
-    "--learning_rate", "3e-3",
-    "--warmup_steps", "0.05",
-    "--logging_steps", "250",
-    "--save_strategy", "no",
-    "--report_to", "none",
-    "--dataloader_pin_memory", "false",
-]
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and every flag's default."""
+
+
+def argument_parser(real: bool) -> HfArgumentParser:
+    """One parser for both runs; without a model and datasets its defaults are the miniature's."""
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, miniature.MiniatureArguments, InstructBlipTrainingArguments),
+        usage="%(prog)s [--miniature_* flags | --model_name_or_path M --datasets D ...] [TrainingArguments flags]",
+        description=__doc__.format(**miniature.TRAINING_DEFAULTS),
+        formatter_class=HelpFormatter,
+    )
+    if not real:
+        parser.set_defaults(**miniature.TRAINING_DEFAULTS)
+    return parser
 
 
 def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, InstructBlipTrainingArguments))
-    miniature = not any(arg.split("=")[0] in ("--model_name_or_path", "--datasets") for arg in argv)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(
-        [*MINIATURE_ARGS, *argv] if miniature else argv
-    )
+    real = any(arg.split("=")[0] in ("--model_name_or_path", "--datasets") for arg in argv)
+    model_args, data_args, miniature_args, training_args = argument_parser(real).parse_args_into_dataclasses(argv)
     logging.basicConfig(level=logging.WARNING)
     transformers.logging.set_verbosity_warning()
-    if miniature:
-        return run_miniature(model_args, data_args, training_args)
+    if not real:
+        miniature.run(miniature_args, training_args)
+        if training_args.process_index == 0:  # after run()'s barrier: the saved folder is whole
+            answer_fresh_image(training_args.output_dir, seed=training_args.seed + 999)
+        return None
     if model_args.model_name_or_path is None or not data_args.datasets:
         raise ValueError("Real runs need both --model_name_or_path and --datasets (or neither, for the miniature).")
+    if miniature_args != miniature.MiniatureArguments():
+        raise ValueError("The --miniature_* flags apply to the miniature only, not to runs with --model_name_or_path.")
     return run_real(model_args, data_args, training_args)
 
 

@@ -1,21 +1,43 @@
-"""The paper in miniature: a synthetic world of coloured shapes, a tiny InstructBLIP, and its stage-0 pre-training.
+"""The paper in miniature: a synthetic world of coloured shapes, a tiny InstructBLIP, its two training stages and the
+paper's three claims, measured in a few minutes on a laptop CPU.
 
-The domain stands in for the real data: 48×48 images with 1-3 objects (distinct colours and shapes, in slots left /
-top / right / bottom), described by captions and questions. Several "datasets" of very different sizes play the
-held-in datasets (captions, colour / shape / count VQA, question generation); two question types are never trained
-on and play the held-out tasks (where is it? is there one?).
+```python
+import shapes_miniature as miniature
 
-Stage 0 stands in for EVA-CLIP + Vicuna + BLIP-2 pre-training: every parameter trains on promptless captioning plus
-a text-only language-model loss on captions and question/answer strings, so the frozen vision tower and LLM of
-stage 1 (instruction tuning, `run_instruct_tuning.py`) are meaningful rather than random.
+results = miniature.run(miniature.MiniatureArguments(miniature_seeds=3, miniature_ablations=True))
+results["tasks"]["where_vqa"]  # {"split": "held-out", "chance": 0.27, "blip2": ..., "instructblip": ..., ...}
+```
+
+The world: 48×48 images with 1-3 objects (distinct colours and shapes, in slots left / top / right / bottom),
+described by captions and questions.
+- Held-in "datasets" of very different sizes, as in the paper: captions, colour / shape / count VQA, question
+  generation.
+- Held-out, never trained on with an image: task level, question types of their own ("where is …", "is there …");
+  dataset level, a trained task type in another dataset's phrasing ("which colour does the … have ?", as GQA
+  against VQAv2).
+
+Stage 0 stands in for the paper's base (Vicuna, EVA-CLIP, BLIP-2). Every parameter trains, at each step, on:
+- the LLM's world knowledge: text only, questions of every type (held-out types included) about a scene described
+  in text, in the paper's instruction formats, as Vicuna answers questions about any scene it is told about;
+- BLIP-2's image-to-text generation: promptless captioning through the LLM, the Q-Former seeing no instruction;
+- optionally (`alignment_weight`, 0 by default), soft-caption alignment: the visual tokens are pulled towards the
+  LLM's embeddings of the scene's caption, so that the LLM reads them as the described scene.
+No question comes with an image in stage 0. Stage 1 is the paper's instruction tuning of the Q-Former side on the
+held-in datasets (`InstructBlipTrainer`); each ablation is stage 1 with one change. Training, stage-0 and
+evaluation scenes come from separate random streams (`seeded`): the evaluation scenes are never trained on.
 """
 
+import copy
+import functools
 import hashlib
 import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+import zlib
+from collections import Counter
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 
 import datasets
 import numpy as np
@@ -32,8 +54,9 @@ from transformers import (
 )
 
 from hf_instructblip import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
-from hf_instructblip.training import templates
-from hf_instructblip.training.collator import InstructBlipDataCollator
+from hf_instructblip.evaluation import exact_match
+from hf_instructblip.training import InstructBlipTrainer, InstructBlipTrainingArguments, prepare_dataset, templates
+from hf_instructblip.training.recipes import caption_texts, question_generation_texts, vqa_texts
 
 IMAGE_SIZE = 48
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 235), "yellow": (230, 220, 40)}
@@ -43,10 +66,7 @@ SLOTS = {"left": ((12, 24), "on the left"), "top": ((24, 12), "at the top"),
          "right": ((36, 24), "on the right"), "bottom": ((24, 36), "at the bottom")}
 RADIUS = 6
 NUMBERS = ("one", "two", "three")
-
-# Held-in tasks, with their training sizes: very different, as in the paper (captions ≫ VQA ≫ counting).
-TRAIN_SIZES = {"caption": 5000, "colour_vqa": 2000, "shape_vqa": 500, "count_vqa": 120, "question_generation": 250}
-HELD_OUT_TASKS = ("where_vqa", "exists_vqa")
+NUM_QUERY_TOKENS = 24  # the longest caption (3 objects) has 20 words
 
 
 @dataclass(frozen=True)
@@ -116,18 +136,42 @@ def exists_question(scene, rng):
     return f"is there a {colour} {shape} ?", "no"
 
 
+def which_colour_question(scene, rng):
+    """Colour VQA as another dataset phrases it (GQA against VQAv2)."""
+    thing = scene[rng.integers(len(scene))]
+    return f"which colour does the {thing.shape} have ?", thing.colour
+
+
 QUESTIONS = {"colour_vqa": colour_question, "shape_vqa": shape_question, "count_vqa": count_question,
-             "where_vqa": where_question, "exists_vqa": exists_question}
+             "where_vqa": where_question, "exists_vqa": exists_question, "which_colour_vqa": which_colour_question}
+
+# Held-in tasks, with their training sizes: very different, as in the paper (captions ≫ VQA ≫ counting).
+TRAIN_SIZES = {"caption": 5000, "colour_vqa": 2000, "shape_vqa": 500, "count_vqa": 120, "question_generation": 250}
+# Held-out tasks → the kind of held-out.
+HELD_OUT_TASKS = {"where_vqa": "task", "exists_vqa": "task", "which_colour_vqa": "dataset"}
+TASKS = (*TRAIN_SIZES, *HELD_OUT_TASKS)
+# The recipe (public dataset schema) each held-in task is read with; question generation turns colour VQA around.
+RECIPES = {"caption": "coco_caption", "colour_vqa": "vqav2", "shape_vqa": "vqav2", "count_vqa": "vqav2",
+           "question_generation": "vqg_vqav2"}
+# How many different answers a blind guesser chooses from (uniform chance); question generation knows the colour.
+ANSWER_SPACE = {"colour_vqa": len(COLOURS), "shape_vqa": len(SHAPES), "count_vqa": len(NUMBERS),
+                "question_generation": len(SHAPES), "where_vqa": len(SLOTS), "exists_vqa": 2,
+                "which_colour_vqa": len(COLOURS)}
 
 
-def task_rows(task: str, n: int, seed: int) -> dict[str, list]:
+def seeded(purpose: str, task: str, seed: int) -> np.random.Generator:
+    """Independent streams per purpose ("pretrain", "train", "eval"): evaluation scenes never repeat a training
+    stream, whatever the seeds."""
+    return np.random.default_rng([zlib.crc32(purpose.encode()), zlib.crc32(task.encode()), seed])
+
+
+def task_rows(task: str, n: int, rng: np.random.Generator) -> dict[str, list]:
     """`n` examples of `task`, in the column schema of the public datasets the recipes read: captions like COCO
-    (`image`, `caption`), VQA like VQAv2 (`image`, `question`, `answers`); question generation reuses colour VQA."""
-    rng = np.random.default_rng(seed)
+    (`image`, `caption`), VQA like VQAv2 (`image`, `question`, `answers`, and the scene's `caption`, which its recipe
+    does not read); question generation reuses colour VQA."""
     scenes = [random_scene(rng) for _ in range(n)]
-    rows = {"image": [draw(scene, rng) for scene in scenes]}
+    rows = {"image": [draw(scene, rng) for scene in scenes], "caption": [caption(scene) for scene in scenes]}
     if task == "caption":
-        rows["caption"] = [caption(scene) for scene in scenes]
         return rows
     qa = [QUESTIONS["colour_vqa" if task == "question_generation" else task](scene, rng) for scene in scenes]
     rows["question"] = [q for q, _ in qa]
@@ -135,24 +179,20 @@ def task_rows(task: str, n: int, seed: int) -> dict[str, list]:
     return rows
 
 
-def task_dataset(task: str, n: int, seed: int) -> datasets.Dataset:
-    return datasets.Dataset.from_dict(task_rows(task, n, seed))
-
-
 # --- tokenizers and model --------------------------------------------------------------------------------------------
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words and punctuation marks: the tokenizers' units, and exact match's."""
+    """Lower-cased words and punctuation marks: the tokenizers' units."""
     return re.findall(r"\w+|[^\w\s]", text.lower())
 
 
 def vocabulary() -> list[str]:
-    """Every word of the domain and of the paper's templates (the templates wrap the tasks in stage 1)."""
+    """Every word of the domain and of the paper's templates (the templates wrap the tasks in both stages)."""
     texts = [*templates.CAPTION_TEMPLATES, *templates.VQA_TEMPLATES, *templates.QUESTION_GENERATION_TEMPLATES]
     texts += [" ".join(COLOURS), " ".join(SHAPES), " ".join(SLOTS), *(phrase for _, phrase in SLOTS.values())]
-    texts += ["what colour shape is the object how many objects are there where is there a yes no and ? .",
-              " ".join(NUMBERS), "ocr tokens : ,"]
+    texts += ["what which colour shape is the object how many objects are there where is there a yes no and does",
+              "have ? .", " ".join(NUMBERS), "ocr tokens : ,"]
     return sorted({w for text in texts for w in words(text)})
 
 
@@ -169,11 +209,11 @@ def build_processor() -> InstructBlipProcessor:
     bert_specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     qformer_tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(bert_specials + vocabulary())})
     image_processor = BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    return InstructBlipProcessor(image_processor, tokenizer, qformer_tokenizer, num_query_tokens=8)
+    return InstructBlipProcessor(image_processor, tokenizer, qformer_tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
 
 
-def build_model(processor: InstructBlipProcessor, seed: int) -> InstructBlipForConditionalGeneration:
-    """≈0.5M parameters: ViT patch 8 (36 patches), Q-Former with cross-attention in every layer, 2-layer LLaMA."""
+def build_model(processor: InstructBlipProcessor, seed: int):
+    """ViT patch 8 (36 patches), Q-Former with cross-attention in every layer, 2-layer LLaMA: ≈0.5M parameters."""
     tokenizer = processor.tokenizer
     config = InstructBlipConfig(
         vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
@@ -183,8 +223,9 @@ def build_model(processor: InstructBlipProcessor, seed: int) -> InstructBlipForC
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=256),
         text_config=LlamaConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                                 num_key_value_heads=4, vocab_size=len(tokenizer), max_position_embeddings=512,
-                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False).to_dict(),
+                                bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                tie_word_embeddings=False).to_dict(),
         num_query_tokens=processor.num_query_tokens,
         image_token_index=processor.image_token_id,
     )
@@ -194,160 +235,452 @@ def build_model(processor: InstructBlipProcessor, seed: int) -> InstructBlipForC
     return model
 
 
+@contextmanager
+def instruction_blind(model: InstructBlipForConditionalGeneration):
+    """The Q-Former sees the queries only, not the instruction (BLIP-2's Q-Former; the first ablation)."""
+
+    def drop_instruction(module, args, kwargs):
+        query_embeds, image_embeds = args[:2]
+        return (query_embeds, image_embeds), {}
+
+    handle = model.qformer.register_forward_pre_hook(drop_instruction, with_kwargs=True)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
 # --- stage 0: the pre-trained base ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PretrainingSettings:
     steps: int = 1600
-    batch_size: int = 32
+    batch_size: int = 32  # captioned images and described scenes per step, each
     learning_rate: float = 1e-3
     warmup_ratio: float = 0.05
-    caption_examples: int = 6000
-    text_examples: int = 20000
+    # Soft-caption alignment: 0 by default, since with the tiny LLM's text skill it made the visual tokens as
+    # unreadable as the text (docs/TRAINING.md, designs D1 and D4).
+    alignment_weight: float = 0.0
     seed: int = 0
 
     def cache_key(self) -> str:
-        return hashlib.sha1(json.dumps({**asdict(self), "format": 1}, sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha1(json.dumps({**asdict(self), "format": 5}, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def pretraining_texts(n: int, seed: int) -> list[str]:
-    """LM pre-training text: captions and "caption . question answer" strings over every question type, so the
-    frozen LLM knows the domain's language (as Vicuna knows English) before it ever sees an instruction."""
-    rng = np.random.default_rng(seed)
-    texts = []
+def scene_text_ids(tokenizer, scenes_captions: list[str]) -> torch.Tensor:
+    """A scene described in text as the LLM reads it in place of the visual tokens: the caption, padded with "."
+    to the number of queries, so that each query has a caption position to stand for."""
+    pad = tokenizer.convert_tokens_to_ids(".")
+    rows = tokenizer(scenes_captions, add_special_tokens=False)["input_ids"]
+    if max(map(len, rows)) > NUM_QUERY_TOKENS:
+        raise ValueError(f"A caption is longer than the {NUM_QUERY_TOKENS} queries that stand for it.")
+    return torch.tensor([row + [pad] * (NUM_QUERY_TOKENS - len(row)) for row in rows])
+
+
+def described_scene_texts(n: int, rng: np.random.Generator) -> list[dict]:
+    """The LLM's world knowledge: `n` (caption, instruction, answer) triples about scenes given only as text, over
+    every task (held-out types included), in the paper's instruction templates, built by the same recipes as the
+    image-grounded data of stage 1."""
+    out = []
     for _ in range(n):
         scene = random_scene(rng)
-        question, answer = QUESTIONS[list(QUESTIONS)[rng.integers(len(QUESTIONS))]](scene, rng)
-        texts.append(caption(scene) if rng.random() < 0.3 else f"{caption(scene)} . {question} {answer}")
-    return texts
+        task = TASKS[rng.integers(len(TASKS))]
+        if task == "caption":
+            instruction, answer = caption_texts({"caption": caption(scene)}, rng)
+        else:
+            question, answer = QUESTIONS["colour_vqa" if task == "question_generation" else task](scene, rng)
+            row = {"question": question, "answers": [answer]}
+            build = question_generation_texts if task == "question_generation" else vqa_texts
+            instruction, answer = build(row, rng)
+        out.append({"caption": caption(scene), "text_input": instruction, "text_output": answer})
+    return out
 
 
-def language_model_batch(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
-    """`<s> text </s>`, loss on every token (with the loss on answers only, question generation never emerged)."""
-    rows = [ids + [tokenizer.eos_token_id] for ids in tokenizer(texts)["input_ids"]]
-    width = max(map(len, rows))
-    input_ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
-    attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "labels": input_ids.masked_fill(attention_mask == 0, -100)}
+def prefixed_language_model_loss(model, tokenizer, prefix_embeds, instructions: list[str], answers: list[str],
+                                  prefix_ids: torch.Tensor | None = None):
+    """The LLM's loss on `<prefix> <s> instruction answer </s>`, the prefix being visual tokens or a scene described
+    in text (`prefix_ids`). On the answer and `</s>` only (stage 1's layout), or, given `prefix_ids`, on every token,
+    as a language model pre-trains on text (with the loss on answers only, question generation never emerged)."""
+    prompts = tokenizer(instructions)["input_ids"]  # with <s>
+    targets = [ids + [tokenizer.eos_token_id] for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]
+    width = max(len(p) + len(t) for p, t in zip(prompts, targets))
+    ids, labels, mask = [], [], []
+    for prompt, target in zip(prompts, targets):
+        padding = width - len(prompt) - len(target)
+        ids.append(prompt + target + [tokenizer.pad_token_id] * padding)
+        labels.append((prompt if prefix_ids is not None else [-100] * len(prompt)) + target + [-100] * padding)
+        mask.append([1] * (len(prompt) + len(target)) + [0] * padding)
+    ids, labels, mask = torch.tensor(ids), torch.tensor(labels), torch.tensor(mask)
+    prefix_length = prefix_embeds.shape[1]
+    embeds = torch.cat([prefix_embeds, model.get_input_embeddings()(ids)], dim=1)
+    mask = torch.cat([mask.new_ones(len(ids), prefix_length), mask], dim=1)
+    prefix_labels = prefix_ids if prefix_ids is not None else labels.new_full((len(ids), prefix_length), -100)
+    labels = torch.cat([prefix_labels, labels], dim=1)
+    return model.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
 
-def pretrain(settings: PretrainingSettings):
-    """Stage 0: all parameters, promptless captioning + text-only LM loss, AdamW, warmup + cosine, clip 1.0."""
-    processor = build_processor()
-    model = build_model(processor, settings.seed).train()
-    captions = task_rows("caption", settings.caption_examples, settings.seed + 1)
-    texts = pretraining_texts(settings.text_examples, settings.seed + 2)
-    # Stage 0 has no instruction and captions of at most ~20 words: neither limit ever truncates.
-    collator = InstructBlipDataCollator(processor, max_instruction_length=32, max_answer_length=64)
-    tokenizer = processor.tokenizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.05)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * settings.steps), settings.steps)
-    rng = np.random.default_rng(settings.seed + 3)
-    progress = tqdm(range(settings.steps), desc="stage 0: pre-training the tiny base")
-    for step in progress:
-        picks = rng.integers(settings.caption_examples, size=settings.batch_size)
-        batch = collator([{"image": captions["image"][i], "text_input": "", "text_output": captions["caption"][i]}
-                          for i in picks])
-        caption_loss = model(**batch).loss
-        text_loss = model.language_model(**language_model_batch(tokenizer, [texts[i] for i in picks])).loss
-        loss = caption_loss + text_loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+def optimise(parameters, learning_rate: float, steps: int, warmup_ratio: float, losses, description: str):
+    """AdamW (weight decay 0.05), linear warmup + cosine, clip 1.0: `steps` steps on the sum of each dict of named
+    losses that `losses` yields."""
+    parameters = list(parameters)
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
+    progress = tqdm(range(steps), desc=description)
+    for step, named_losses in zip(progress, losses):
+        sum(named_losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
         if step % 50 == 0:
-            progress.set_postfix(caption_loss=f"{caption_loss.item():.3f}", text_loss=f"{text_loss.item():.3f}")
+            progress.set_postfix({name: f"{loss.item():.3f}" for name, loss in named_losses.items()})
+
+
+def language_batches(settings: PretrainingSettings):
+    """Stage 0's text, fresh scenes per step: described scenes, no image."""
+    rng = seeded("pretrain", "text", settings.seed)
+    while True:
+        yield described_scene_texts(settings.batch_size, rng)
+
+
+def vision_batches(settings: PretrainingSettings):
+    """Stage 0's images, fresh scenes per step: captioned, no question, no instruction."""
+    rng = seeded("pretrain", "images", settings.seed)
+    while True:
+        yield task_rows("caption", settings.batch_size, rng)
+
+
+def pretrain(settings: PretrainingSettings):
+    """Stage 0: every parameter, on the LLM's described-scene text (every token), BLIP-2's promptless captioning
+    and (if weighted) soft-caption alignment, summed at each step."""
+    processor = build_processor()
+    tokenizer = processor.tokenizer
+    model = build_model(processor, settings.seed).train()
+    embed = model.get_input_embeddings()
+
+    def losses():
+        for described, captioned in zip(language_batches(settings), vision_batches(settings)):
+            scene_ids = scene_text_ids(tokenizer, [example["caption"] for example in described])
+            instructions, answers = [e["text_input"] for e in described], [e["text_output"] for e in described]
+            text = prefixed_language_model_loss(model, tokenizer, embed(scene_ids), instructions, answers, scene_ids)
+            pixel_values = processor.image_processor(captioned["image"], return_tensors="pt")["pixel_values"]
+            features = model.get_image_features(pixel_values).pooler_output  # BLIP-2: the Q-Former reads the image only
+            captions = captioned["caption"]
+            caption_loss = prefixed_language_model_loss(model, tokenizer, features, [""] * len(captions), captions)
+            named = {"text": text, "caption": caption_loss}
+            if settings.alignment_weight:
+                target = embed(scene_text_ids(tokenizer, captions)).detach()
+                alignment = (features - target).pow(2).mean() / target.pow(2).mean()
+                named["alignment"] = settings.alignment_weight * alignment
+            yield named
+
+    optimise(model.parameters(), settings.learning_rate, settings.steps, settings.warmup_ratio, losses(),
+             "stage 0: pre-training the tiny base")
     return model.eval(), processor
 
 
 def pretrained_base(cache_dir: str, settings: PretrainingSettings = PretrainingSettings(), log=print):
-    """The stage-0 base from `cache_dir`, pre-training (≈1-2 min on 2 cores) and caching it on first use."""
+    """The stage-0 base from `cache_dir`, pre-training and caching it on first use."""
     path = os.path.join(cache_dir, f"shapes-base-{settings.cache_key()}")
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if os.path.isdir(path):
         log(f"Stage 0: loading the cached pre-trained base from {path}")
-        return InstructBlipForConditionalGeneration.from_pretrained(path).eval(), InstructBlipProcessor.from_pretrained(path)
+        model = InstructBlipForConditionalGeneration.from_pretrained(path)
+        return model.eval(), InstructBlipProcessor.from_pretrained(path)
     start = time.perf_counter()
     model, processor = pretrain(settings)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    # Written aside, then renamed: an interrupted write never looks like a cached base.
+    partial = f"{path}.partial-{os.getpid()}"
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    os.replace(partial, path)
     log(f"Stage 0: pre-trained in {time.perf_counter() - start:.0f} s, cached at {path}")
     return model, processor
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------------
 
-# One fixed instruction per task at evaluation (the paper evaluates with fixed templates too).
-EVAL_PROMPTS = {
-    "caption": lambda q, a: "A short image description:",
-    "colour_vqa": lambda q, a: f"Question: {q} Short answer:",
-    "shape_vqa": lambda q, a: f"Question: {q} Short answer:",
-    "count_vqa": lambda q, a: f"Question: {q} Short answer:",
-    "question_generation": lambda q, a: f"Given the image, generate a question whose answer is: {a}. Question:",
-    "where_vqa": lambda q, a: f"Question: {q} Short answer:",
-    "exists_vqa": lambda q, a: f"Question: {q} Short answer:",
-}
+EVAL_SEED = 0  # evaluation scenes; design experiments measure on another seed, never on these
 
 
-def eval_sets(n: int, seed: int) -> dict[str, dict]:
-    """Fresh scenes per task (never seen in training): prompts, targets and chance levels."""
+def eval_instruction(task: str, question: str | None, answer: str | None) -> str:
+    """One fixed instruction per task (the paper evaluates with fixed templates too)."""
+    if task == "caption":
+        return "A short image description:"
+    if task == "question_generation":
+        return templates.QUESTION_GENERATION_TEMPLATES[0].format(answer=answer)
+    return f"Question: {question} Short answer:"
+
+
+def evaluation_sets(n: int, seed: int = EVAL_SEED) -> dict[str, dict]:
+    """`n` fresh scenes per task, from their own random stream: images, instructions, targets."""
     out = {}
-    for k, task in enumerate(EVAL_PROMPTS):
-        rows = task_rows(task, n, seed + 100 + k)
+    for task in TASKS:
+        rows = task_rows(task, n, seeded("eval", task, seed))
         if task == "caption":
             questions, answers, targets = [None] * n, [None] * n, rows["caption"]
         else:
             questions, answers = rows["question"], [a[0] for a in rows["answers"]]
             targets = questions if task == "question_generation" else answers
-        out[task] = {"images": rows["image"], "prompts": [EVAL_PROMPTS[task](q, a) for q, a in zip(questions, answers)],
-                     "targets": targets, "chance": chance(task, targets, answers)}
+        out[task] = {"images": rows["image"], "targets": targets, "captions": rows["caption"],
+                     "instructions": [eval_instruction(task, q, a) for q, a in zip(questions, answers)]}
     return out
 
 
-def chance(task: str, targets: list[str], answers: list) -> str:
-    """Majority / uniform chance of a blind guesser, as text for the table."""
-    if task == "caption":
-        return "~0"
-    if task == "question_generation":
-        # Knowing the answer colour, a blind guess picks one of the three shapes.
-        return f"~{1 / len(SHAPES):.2f}"
-    values = sorted(set(targets))
-    majority = max(targets.count(v) for v in values) / len(targets)
-    options = {"colour_vqa": len(COLOURS), "shape_vqa": len(SHAPES), "count_vqa": len(NUMBERS),
-               "where_vqa": len(SLOTS), "exists_vqa": 2}[task]
-    return f"{majority:.2f} / {1 / options:.2f}"
+def majority_chance(targets: list[str]) -> float:
+    """The score of always giving the most frequent target."""
+    return Counter(targets).most_common(1)[0][1] / len(targets)
 
 
 @torch.no_grad()
-def exact_match(model, processor, images, prompts, targets, batch_size: int = 100) -> float:
-    correct = 0
+def generated_answers(model, processor, images, instructions, batch_size: int = 100) -> list[str]:
+    outputs = []
     for start in range(0, len(images), batch_size):
-        inputs = processor(images=images[start : start + batch_size], text=prompts[start : start + batch_size],
+        inputs = processor(images=images[start : start + batch_size], text=instructions[start : start + batch_size],
                            return_tensors="pt", padding=True)
         output_ids = model.generate(**inputs, max_new_tokens=24)[:, inputs["input_ids"].shape[1] :]  # the answers
-        outputs = processor.batch_decode(output_ids, skip_special_tokens=True)
-        correct += sum(words(o) == words(t) for o, t in zip(outputs, targets[start : start + batch_size]))
-    return correct / len(images)
+        outputs += processor.batch_decode(output_ids, skip_special_tokens=True)
+    return outputs
+
+
+@torch.no_grad()
+def text_probe(model, processor, sets: dict[str, dict]) -> dict[str, float]:
+    """Exact match of the LLM alone, told each scene in text (its caption in place of the visual tokens): the
+    language skill that transfer rests on, and its ceiling."""
+    tokenizer = processor.tokenizer
+    scores = {}
+    for task, s in sets.items():
+        described = scene_text_ids(tokenizer, s["captions"]).tolist()
+        rows = [scene + prompt for scene, prompt in zip(described, tokenizer(s["instructions"])["input_ids"])]
+        width = max(map(len, rows))
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(row)) + row for row in rows])
+        generated = model.language_model.generate(
+            inputs_embeds=model.get_input_embeddings()(ids), attention_mask=(ids != tokenizer.pad_token_id).long(),
+            max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        scores[task] = exact_match(tokenizer.batch_decode(generated, skip_special_tokens=True), s["targets"])
+    return scores
 
 
 def evaluate_tasks(model, processor, sets: dict[str, dict]) -> dict[str, float]:
-    return {task: exact_match(model, processor, s["images"], s["prompts"], s["targets"]) for task, s in sets.items()}
+    """Exact match per task (after the VQA answer normalisation), greedy decoding."""
+    scores = {}
+    for task, s in sets.items():
+        predictions = generated_answers(model, processor, s["images"], s["instructions"])
+        scores[task] = exact_match(predictions, s["targets"])
+    return scores
 
 
-__all__ = [
-    "HELD_OUT_TASKS",
-    "TRAIN_SIZES",
-    "PretrainingSettings",
-    "build_model",
-    "build_processor",
-    "caption",
-    "draw",
-    "eval_sets",
-    "evaluate_tasks",
-    "exact_match",
-    "pretrained_base",
-    "random_scene",
-    "task_dataset",
-]
+# --- stage 1: instruction tuning, and its ablations ------------------------------------------------------------------
+
+# The miniature's stage-1 settings: the one place they live (the example's command line shows and overrides them).
+TRAINING_DEFAULTS = {
+    "output_dir": "outputs/instructblip-shapes-miniature",
+    "per_device_train_batch_size": 32,
+    "max_steps": 2000,
+    "learning_rate": 3e-3,
+    "warmup_steps": 0.05,
+    "logging_steps": 250,
+    "seed": 42,
+    "save_strategy": "no",
+    "report_to": "none",
+    "dataloader_pin_memory": False,
+}
+
+ABLATIONS = {
+    "no_instruction_aware": "no instruction-aware Q-Former (BLIP-2's)",
+    "no_balancing": "no balancing (sampling ∝ size)",
+}
+
+
+def training_arguments(**overrides) -> InstructBlipTrainingArguments:
+    return InstructBlipTrainingArguments(**{**TRAINING_DEFAULTS, **overrides})
+
+
+@functools.lru_cache(maxsize=4)
+def instruction_data(seed: int) -> dict[str, datasets.Dataset]:
+    """The held-in datasets of stage 1 (their own random stream per seed), wrapped in the paper's templates.
+    Cached: the ablations train on the same data as the run they change."""
+    return {
+        task: prepare_dataset(datasets.Dataset.from_dict(task_rows(task, size, seeded("train", task, seed))),
+                              RECIPES[task], name=task, seed=seed,
+                              columns={"caption": "caption"} if task == "caption" else None)
+        for task, size in TRAIN_SIZES.items()
+    }
+
+
+def tuned_scores(base, processor, args: InstructBlipTrainingArguments, sets: dict, *, seed: int,
+                 ablation: str | None = None):
+    """Stage 1 on a copy of `base` with `seed`, the paper's recipe or the recipe with one `ablation` (a key of
+    ABLATIONS), then its exact match on `sets`. Returns the scores and the trainer (whose model is the copy)."""
+    if ablation is not None and ablation not in ABLATIONS:
+        raise ValueError(f"Unknown ablation {ablation!r}; choose one of {sorted(ABLATIONS)}.")
+    model = copy.deepcopy(base)
+    args = copy.deepcopy(args)
+    args.seed = seed
+    if ablation == "no_balancing":
+        args.mixture_alpha = 1.0
+    blind = instruction_blind(model) if ablation == "no_instruction_aware" else nullcontext()
+    with blind:
+        trainer = InstructBlipTrainer(model=model, args=args, processing_class=processor,
+                                      train_datasets=instruction_data(seed))
+        trainer.train()
+        return evaluate_tasks(model.eval(), processor, sets), trainer
+
+
+# --- the whole miniature ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MiniatureArguments:
+    """What the miniature adds to stage 1's `InstructBlipTrainingArguments` (see TRAINING_DEFAULTS)."""
+
+    _argument_group_name = "the miniature (a run with neither --model_name_or_path nor --datasets)"
+
+    miniature_seeds: int = field(
+        default=1, metadata={"help": "Stage-1 runs with seeds seed, seed+1, ...; the table gives mean and range."}
+    )
+    miniature_ablations: bool = field(
+        default=False,
+        metadata={"help": "Also run the paper's two ablations (Table 2), one change each: no instruction-aware "
+                  "Q-Former; sampling ∝ size instead of ∝ √size. About twice the stage-1 time."},
+    )
+    miniature_eval_examples: int = field(default=200, metadata={"help": "Fresh evaluation scenes per task."})
+    miniature_pretraining_steps: int = field(default=PretrainingSettings.steps, metadata={"help": "Stage-0 steps."})
+    miniature_cache_dir: str = field(
+        default=os.path.join(os.path.expanduser("~"), ".cache", "hf_instructblip"),
+        metadata={"help": "Where the pre-trained tiny base (stage 0) is cached."},
+    )
+
+    def __post_init__(self):
+        if self.miniature_seeds < 1:
+            raise ValueError(f"miniature_seeds must be >= 1, got {self.miniature_seeds}.")
+        if self.miniature_eval_examples < 1:
+            raise ValueError(f"miniature_eval_examples must be >= 1, got {self.miniature_eval_examples}.")
+
+
+RESULTS_FILE = "miniature_results.json"
+
+
+def run(args: MiniatureArguments | None = None, training_args: InstructBlipTrainingArguments | None = None,
+        log=print) -> dict:
+    """Stage 0 (cached), the BLIP-2 row, stage 1 for each seed (the first seed's model is saved to
+    `training_args.output_dir`), the ablations if asked; prints the table and writes `miniature_results.json`
+    there. Returns what it writes.
+
+    Under several ranks (DDP), stage 1 trains across them; the main process pre-trains stage 0 while the others
+    wait, and alone writes; every rank evaluates its identical copy."""
+    start = time.perf_counter()
+    args = args or MiniatureArguments()
+    training_args = training_args or training_arguments()
+    settings = PretrainingSettings(steps=args.miniature_pretraining_steps)
+    with training_args.main_process_first(desc="stage-0 pre-training"):
+        base, processor = pretrained_base(args.miniature_cache_dir, settings, log)
+    main = training_args.process_index == 0
+    sets = evaluation_sets(args.miniature_eval_examples)
+    with instruction_blind(base):  # BLIP-2 zero-shot: the instruction reaches the LLM only
+        blip2 = evaluate_tasks(base, processor, sets)
+    told = text_probe(base, processor, sets)  # the frozen LLM's own skill, the same in both stages
+
+    seeds = [training_args.seed + i for i in range(args.miniature_seeds)]
+    runs = []
+    for seed in seeds:
+        scores, trainer = tuned_scores(base, processor, training_args, sets, seed=seed)
+        runs.append(scores)
+        if seed == seeds[0]:
+            trainer.save_model()  # with the processor, by the main process
+            trainer.accelerator.wait_for_everyone()  # the folder is whole before any rank reads it
+            if main:
+                log(f"Stage 1 (seed {seed}): the tuned model and its processor are saved in "
+                    f"{os.path.abspath(training_args.output_dir)}")
+    results = {"tasks": {
+        task: {"split": "held-out" if task in HELD_OUT_TASKS else "held-in",
+               "chance": majority_chance(sets[task]["targets"]), "blip2": blip2[task],
+               "instructblip": float(np.mean([r[task] for r in runs])),
+               "instructblip_seeds": [r[task] for r in runs]}
+        for task in TASKS
+    }}
+    if args.miniature_ablations:
+        results["ablations"] = {}
+        for ablation in ABLATIONS:
+            ablated = [tuned_scores(base, processor, training_args, sets, seed=seed, ablation=ablation)[0]
+                       for seed in seeds]
+            results["ablations"][ablation] = {task: float(np.mean([r[task] for r in ablated])) for task in TASKS}
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    if not main:
+        return results
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    path = os.path.join(training_args.output_dir, RESULTS_FILE)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    log(f"\n{results_table(results, told)}\n\n{claims(results)}\n\nResults for tools: {os.path.abspath(path)}")
+    return results
+
+
+# --- reporting -------------------------------------------------------------------------------------------------------
+
+TASK_LABELS = {"caption": "caption", "colour_vqa": "colour", "shape_vqa": "shape", "count_vqa": "count",
+               "question_generation": "question gen.", "where_vqa": "where is (task)",
+               "exists_vqa": "is there (task)", "which_colour_vqa": "which colour does (dataset)"}
+
+
+def _split_average(scores: dict[str, float], held_out: bool) -> float:
+    return float(np.mean([scores[task] for task in TASKS if (task in HELD_OUT_TASKS) == held_out]))
+
+
+def results_table(results: dict, text_probe_scores: dict[str, float] | None = None) -> str:
+    """Markdown: one row per model (chance, the LLM told the scene in text, BLIP-2, InstructBLIP, ablations),
+    held-in then held-out columns."""
+    tasks = results["tasks"]
+    held_in = [t for t in TASKS if t not in HELD_OUT_TASKS]
+    held_out = list(HELD_OUT_TASKS)
+    header = ["model", *(TASK_LABELS[t] for t in held_in), "held-in avg", *(TASK_LABELS[t] for t in held_out),
+              "held-out avg"]
+
+    def row(label: str, scores: dict[str, float], cell=lambda task: None) -> str:
+        cells = [cell(t) or f"{scores[t]:.3f}" for t in held_in] + [f"{_split_average(scores, False):.3f}"]
+        cells += [cell(t) or f"{scores[t]:.3f}" for t in held_out] + [f"{_split_average(scores, True):.3f}"]
+        return f"| {label} | {' | '.join(cells)} |"
+
+    def uniform(task: str) -> str:
+        return f"{1 / ANSWER_SPACE[task]:.2f}" if task in ANSWER_SPACE else "~0"
+
+    chance = {t: v["chance"] for t, v in tasks.items()}
+    lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header),
+             row("chance: majority / uniform", chance, lambda t: f"{chance[t]:.2f} / {uniform(t)}"),
+             row("BLIP-2 zero-shot (stage 0)", {t: v["blip2"] for t, v in tasks.items()})]
+    if text_probe_scores:
+        lines.insert(3, row("LLM alone, told the scene in text", text_probe_scores))
+    instructblip = {t: v["instructblip"] for t, v in tasks.items()}
+    seeds = len(tasks["caption"]["instructblip_seeds"])
+    if seeds == 1:
+        lines.append(row("InstructBLIP (stage 1)", instructblip))
+    else:
+        def spread(task: str) -> str:
+            values = tasks[task]["instructblip_seeds"]
+            return f"{np.mean(values):.3f} ({min(values):.2f}-{max(values):.2f})"
+
+        lines.append(row(f"InstructBLIP (stage 1), mean (min-max) of {seeds} seeds", instructblip, spread))
+    for name, scores in results.get("ablations", {}).items():
+        lines.append(row(f"InstructBLIP, {ABLATIONS[name]}", scores))
+    return "\n".join(lines)
+
+
+def claims(results: dict) -> str:
+    """The paper's three claims, each checked against the miniature's targets."""
+    tasks = results["tasks"]
+    lowest = min(min(v["instructblip_seeds"]) - v["chance"] for v in tasks.values() if v["split"] == "held-in")
+    lines = [f"1. Held-in: every task at least {lowest:+.3f} over majority chance after tuning (target +0.20)."]
+    for task, v in tasks.items():
+        if v["split"] == "held-out":
+            lines.append(f"2. Held-out {TASK_LABELS[task]}: InstructBLIP {v['instructblip'] - v['chance']:+.3f} over "
+                         f"majority chance, {v['instructblip'] - v['blip2']:+.3f} over BLIP-2 (targets +0.10 each); "
+                         f"lowest seed {min(v['instructblip_seeds']):.3f}.")
+    for name, scores in results.get("ablations", {}).items():
+        for held_out, split in ((False, "held-in"), (True, "held-out")):
+            full = _split_average({t: v["instructblip"] for t, v in tasks.items()}, held_out)
+            change = _split_average(scores, held_out) - full
+            verdict = "lowers" if change < 0 else "does not lower"
+            lines.append(f"3. {ABLATIONS[name]}: {verdict} the {split} average ({change:+.3f}).")
+    return "\n".join(lines)

@@ -632,6 +632,12 @@ def test_damaged_inputs_are_named_and_nothing_is_written(inputs, tmp_path, damag
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+@pytest.mark.parametrize("size, message", [("5XB", "not in a valid format"), (0, "must be positive")])
+def test_a_bad_shard_size_is_refused_before_reading_anything(inputs, tmp_path, size, message):
+    with pytest.raises(ConversionError, match=f"--max-shard-size.*{message}"):
+        convert(inputs, tmp_path / "out", max_shard_size=size, lavis_checkpoint=tmp_path / "not read.pth")
+
+
 def test_existing_output_is_refused_unless_overwrite_which_replaces_it_whole(inputs, tmp_path):
     output = tmp_path / "out"
     convert(inputs, output)  # one model.safetensors

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import tiny
 import torch
+from safetensors.torch import load_file
 
 from hf_instructblip import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
@@ -30,6 +31,7 @@ MODEL, PROCESSOR = InstructBlipForConditionalGeneration, InstructBlipProcessor
 DAMAGE = {  # what is damaged → (file, how, which loader must refuse it, the error)
     "no config.json": ("config.json", Path.unlink, MODEL, "has no config.json"),
     "truncated weights": ("model.safetensors", truncate, MODEL, r"model.safetensors is truncated or corrupt"),
+    "truncated .bin weights": ("pytorch_model.bin", truncate, MODEL, r"pytorch_model.bin is truncated"),
     "corrupt tokenizer": ("tokenizer.json", corrupt, PROCESSOR, r"tokenizer.json \(LLM tokenizer\) is corrupt"),
     "corrupt Q-Former tokenizer": (
         "qformer_tokenizer/tokenizer.json", corrupt, PROCESSOR, r"tokenizer.json \(Q-Former tokenizer\) is corrupt"
@@ -45,6 +47,9 @@ DAMAGE = {  # what is damaged → (file, how, which loader must refuse it, the e
 def test_a_damaged_folder_is_refused_by_name_before_anything_is_built(saved, tmp_path, monkeypatch, case):
     name, damage, loader, message = DAMAGE[case]
     folder = Path(shutil.copytree(saved, tmp_path / "model"))
+    if name == "pytorch_model.bin":  # the older weight format, still found on the Hub
+        torch.save(load_file(folder / "model.safetensors"), folder / name)
+        (folder / "model.safetensors").unlink()
     damage(folder / name)
 
     def no_model(*args, **kwargs):

@@ -19,6 +19,7 @@ import copy
 import glob
 import os
 import warnings
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from typing import Unpack
@@ -513,20 +514,24 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, quantization_config=None, **kwargs):
-        """`PreTrainedModel.from_pretrained`, refusing a local folder with truncated or corrupt safetensors files
-        by name before anything is allocated (a folder without config.json is refused by the config).
+        """`PreTrainedModel.from_pretrained`, refusing a local folder with truncated or corrupt weight files by
+        name before anything is allocated (a folder without config.json is refused by the config).
 
         A bitsandbytes `quantization_config` without `llm_int8_skip_modules` quantizes the language model only, its
         head excepted as transformers does: the vision tower, Q-Former and projection are small next to a 7B LLM
         and keep the dtype they are loaded in.
         """
-        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
-        for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors"))):
+        folder = glob.escape(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
+        for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
             try:
                 with safe_open(path, framework="pt"):  # checks every tensor's bytes against the header
                     pass
             except SafetensorError as error:
                 raise OSError(f"{path} is truncated or corrupt ({error}); save or download it again.") from error
+        for path in sorted(glob.glob(os.path.join(folder, "*.bin"))):
+            with open(path, "rb") as file:  # a zip-format torch file whose end (the zip directory) is missing
+                if file.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+                    raise OSError(f"{path} is truncated (its zip directory is missing); save or download it again.")
         if getattr(quantization_config, "llm_int8_skip_modules", False) is None:
             quantization_config = copy.deepcopy(quantization_config)
             quantization_config.llm_int8_skip_modules = [

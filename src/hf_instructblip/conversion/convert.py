@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.utils.hub import convert_file_size_to_int
 
 from ..configuration_instructblip import PRESETS, InstructBlipConfig
 from ..modeling_instructblip import InstructBlipForConditionalGeneration
@@ -68,6 +69,12 @@ def convert_lavis_checkpoint(
     """
     if variant is not None and variant not in PRESETS:
         raise ConversionError(f"Unknown variant {variant!r}; choose one of {sorted(PRESETS)}.")
+    try:
+        max_shard_size = convert_file_size_to_int(max_shard_size)
+    except ValueError as error:
+        raise ConversionError(f"--max-shard-size {max_shard_size!r}: {error}") from error
+    if max_shard_size <= 0:
+        raise ConversionError(f"--max-shard-size must be positive, got {max_shard_size}.")
     output_dir = Path(output_dir)
     check_output_dir(output_dir, overwrite)
     vit_path = Path(vit_checkpoint) if vit_checkpoint is not None else None
