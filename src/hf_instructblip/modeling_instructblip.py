@@ -125,8 +125,6 @@ class InstructBlipPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _can_compile_fullgraph = True
     _no_split_modules = ["InstructBlipVisionEncoderLayer", "InstructBlipQFormerLayer", "InstructBlipVisionEmbeddings"]
-    # LAVIS keeps the learned queries in float32 (they are tiny and feed a LayerNorm); also under bfloat16.
-    _keep_in_fp32_modules_strict = ["query_tokens"]
     # Checkpoints written by older transformers versions saved this (now derived) buffer.
     _keys_to_ignore_on_load_unexpected = [r"qformer\.embeddings\.position_ids"]
 
@@ -468,6 +466,9 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
     One class serves decoder-only LLMs (Vicuna/LLaMA, with `input_ids` = placeholders + prompt) and encoder-decoder
     LLMs (Flan-T5, where the placeholders + prompt feed the encoder), and images as well as videos.
     """
+
+    # LAVIS keeps the learned queries in float32 (they are tiny and feed a LayerNorm); also under bfloat16.
+    _keep_in_fp32_modules_strict = ["query_tokens"]
 
     def __init__(self, config: InstructBlipConfig):
         super().__init__(config)
