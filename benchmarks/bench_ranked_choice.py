@@ -1,6 +1,6 @@
 """Ranked choice speed: `score_candidates` (shared prefix once) vs scoring each candidate with its own forward pass.
 
-On the ~131M "small" InstructBLIP of `bench_inference.py` (vision 12x384 at 224 px, Q-Former 12x384, LLaMA 8x512),
+On the ~131M "small" InstructBLIP of `run.py` (vision 12x384 at 224 px, Q-Former 12x384, LLaMA 8x512),
 for 4 and 20 candidates per question, three ways to get the same numbers:
 
 - naive: one full forward pass per candidate over image + prompt + candidate (vision tower, Q-Former and the whole
@@ -27,9 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import tiny  # noqa: E402
-from bench_inference import small_config_kwargs  # noqa: E402
+from run import build_ours, build_processor  # noqa: E402
 
-from hf_instructblip import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor  # noqa: E402
 from hf_instructblip.evaluation.ranking import candidate_token_ids, score_candidates  # noqa: E402
 
 
@@ -40,11 +39,8 @@ WORDS = ["ohio", "maine", "texas", "utah", "iowa", "idaho", "nevada", "oregon", 
 
 def build(threads: int):
     torch.set_num_threads(threads)
-    processor = InstructBlipProcessor(tiny.image_processor().__class__(size={"height": 224, "width": 224}),
-                                      tiny.llama_tokenizer(), tiny.bert_tokenizer(), num_query_tokens=32)
-    torch.manual_seed(0)
-    config = InstructBlipConfig(**{**small_config_kwargs(), "image_token_index": processor.image_token_id})
-    return InstructBlipForConditionalGeneration(config).eval(), processor
+    processor = build_processor()
+    return build_ours(processor.image_token_id).eval(), processor
 
 
 def make_questions(count: int, num_candidates: int):

@@ -53,10 +53,7 @@ QUESTIONS = [
     "is it day or night?", "what is written on the sign?", "where was this photo taken?",
     "what animal is in the picture?", "describe the image in detail.",
 ]
-CANDIDATES = [
-    "red", "blue", "green", "yellow", "black", "white", "a dog", "a cat", "a horse", "a bird", "a car", "a bus",
-    "two", "three", "four", "yes", "no", "in a park", "on a street", "at the beach",
-]
+ANSWERS = ["red", "blue", "two", "yes", "a dog", "in a park", "a car", "no"]
 
 
 # --- models and inputs -------------------------------------------------------------------------------------------------
@@ -172,31 +169,16 @@ def duplicate_search_s(pixel_values: torch.Tensor) -> float:
     return statistics.median(times)
 
 
-def ranked_choice_row(ours, processor, args) -> Row | None:
-    """`score_candidates` (image and prompt once) vs one forward pass per candidate."""
-    try:
-        from hf_instructblip.evaluation import score_candidates
-    except ImportError:
-        print("ranked choice skipped: hf_instructblip.evaluation.score_candidates is not available", file=sys.stderr)
-        return None
-    picture, instruction = images(1), "Question: what is in the image? Answer:"
+def ranked_choice_row(ours, processor, args) -> Row:
+    """`score_candidates` (image and prompt once) vs one forward pass per candidate (bench_ranked_choice.py)."""
+    from bench_ranked_choice import make_questions, naive_scores, ours_scores
 
-    def per_candidate_forward() -> list[float]:
-        scores = []
-        prompt_length = processor(images=picture, text=instruction, return_tensors="pt")["input_ids"].shape[1]
-        for candidate in CANDIDATES:
-            inputs = processor(images=picture, text=f"{instruction} {candidate}", return_tensors="pt")
-            log_probs = ours(**inputs).logits[0, prompt_length - 1 : -1].log_softmax(-1)
-            targets = inputs["input_ids"][0, prompt_length:]
-            scores.append(log_probs.gather(-1, targets[:, None]).sum().item())
-        return scores
-
-    def shared_prefix() -> list[float]:
-        return score_candidates(ours, processor, picture, [instruction], [CANDIDATES], batch_size=len(CANDIDATES))[0]
-
+    question = make_questions(1, 20)
     with torch.no_grad():
-        difference = max(abs(a - b) for a, b in zip(shared_prefix(), per_candidate_forward()))
-        ours_s, naive_s = alternate(shared_prefix, per_candidate_forward, args.repeats, args.warmup)
+        difference = max(abs(a - b) for a, b in zip(ours_scores(ours, processor, *question)[0],
+                                                    naive_scores(ours, processor, *question)[0]))
+        ours_s, naive_s = alternate(lambda: ours_scores(ours, processor, *question),
+                                    lambda: naive_scores(ours, processor, *question), args.repeats, args.warmup)
     return Row("ranked choice, 20 candidates", "a forward pass per candidate", ours_s, naive_s, "≥ 5",
                f"max score difference {difference:.1e}")
 
@@ -204,7 +186,7 @@ def ranked_choice_row(ours, processor, args) -> Row | None:
 def training_batch(processor, batch_size: int = 8) -> dict:
     """Question + answer texts, the loss on every text token (the layout does not change the cost)."""
     pictures = images(batch_size, seed=1)
-    texts = [f"{QUESTIONS[i % len(QUESTIONS)]} {CANDIDATES[i % len(CANDIDATES)]}" for i in range(batch_size)]
+    texts = [f"{QUESTIONS[i % len(QUESTIONS)]} {ANSWERS[i % len(ANSWERS)]}" for i in range(batch_size)]
     batch = dict(processor(images=pictures, text=texts, padding=True, return_tensors="pt"))
     ignored = (batch["attention_mask"] == 0) | (batch["input_ids"] == processor.image_token_id)
     batch["labels"] = batch["input_ids"].masked_fill(ignored, -100)
@@ -338,7 +320,7 @@ def main():
           f"{args.repeats} (after {args.warmup} warm-up); {machine()}; torch {torch.__version__}, transformers "
           f"{transformers.__version__}; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at "
           f"the end; {time.perf_counter() - started:.0f} s\n")
-    print(table([row for row in rows if row is not None]))
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ from transformers import (
 )
 
 from hf_instructblip import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
-from hf_instructblip.evaluation import exact_match
+from hf_instructblip.evaluation.generation import generate_answers
+from hf_instructblip.evaluation.metrics import exact_match
 from hf_instructblip.training import InstructBlipTrainer, InstructBlipTrainingArguments, prepare_dataset, templates
 from hf_instructblip.training.recipes import caption_texts, question_generation_texts, vqa_texts
 
@@ -433,17 +434,6 @@ def majority_chance(targets: list[str]) -> float:
 
 
 @torch.no_grad()
-def generated_answers(model, processor, images, instructions, batch_size: int = 100) -> list[str]:
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        inputs = processor(images=images[start : start + batch_size], text=instructions[start : start + batch_size],
-                           return_tensors="pt", padding=True)
-        output_ids = model.generate(**inputs, max_new_tokens=24)[:, inputs["input_ids"].shape[1] :]  # the answers
-        outputs += processor.batch_decode(output_ids, skip_special_tokens=True)
-    return outputs
-
-
-@torch.no_grad()
 def text_probe(model, processor, sets: dict[str, dict]) -> dict[str, float]:
     """Exact match of the LLM alone, told each scene in text (its caption in place of the visual tokens): the
     language skill that transfer rests on, and its ceiling."""
@@ -463,11 +453,13 @@ def text_probe(model, processor, sets: dict[str, dict]) -> dict[str, float]:
     return scores
 
 
+@torch.no_grad()
 def evaluate_tasks(model, processor, sets: dict[str, dict]) -> dict[str, float]:
     """Exact match per task (after the VQA answer normalisation), greedy decoding."""
     scores = {}
     for task, s in sets.items():
-        predictions = generated_answers(model, processor, s["images"], s["instructions"])
+        predictions = generate_answers(model, processor, s["images"], s["instructions"], batch_size=100,
+                                       max_new_tokens=24)
         scores[task] = exact_match(predictions, s["targets"])
     return scores
 
