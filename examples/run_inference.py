@@ -70,11 +70,13 @@ def main():
     inputs = processor(images=image, text=args.prompt, return_tensors="pt").to(model.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     output_ids = model.generate(**inputs, max_new_tokens=args.max_new_tokens)
+    if model.config.use_decoder_only_language_model:  # transformers' convention: the prompt, then the answer
+        output_ids = output_ids[:, inputs["input_ids"].shape[1] :]
     print("generate():", processor.batch_decode(output_ids, skip_special_tokens=True)[0])
 
     pipe = pipeline("image-text-to-text", model=model_path, dtype=getattr(torch, args.dtype))
     answer = pipe(images=image, text=args.prompt, max_new_tokens=args.max_new_tokens, return_full_text=False)
-    print("pipeline():", answer[0]["generated_text"])
+    print("pipeline():", answer[0]["generated_text"].strip())
 
 
 if __name__ == "__main__":

@@ -366,7 +366,7 @@ def pretrain(settings: PretrainingSettings):
             instructions, answers = [e["text_input"] for e in described], [e["text_output"] for e in described]
             text = prefixed_language_model_loss(model, tokenizer, embed(scene_ids), instructions, answers, scene_ids)
             pixel_values = processor.image_processor(captioned["image"], return_tensors="pt")["pixel_values"]
-            features = model.get_image_features(pixel_values)  # BLIP-2: the Q-Former reads the image only
+            features = model.get_image_features(pixel_values).pooler_output  # BLIP-2: the Q-Former reads the image only
             captions = captioned["caption"]
             caption_loss = prefixed_language_model_loss(model, tokenizer, features, [""] * len(captions), captions)
             named = {"text": text, "caption": caption_loss}

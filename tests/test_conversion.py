@@ -361,7 +361,9 @@ def test_converted_model_generates_with_lavis_defaults(converted, request):
     assert model.generation_config.num_beams == 5  # read from the converted generation_config.json
     with torch.no_grad():
         output_ids = model.generate(**inputs, max_new_tokens=3)
-    assert output_ids.shape[0] == 1 and 1 <= output_ids.shape[1] <= 4  # T5 adds its decoder start token
+    prompt_length = inputs["input_ids"].shape[1] if model.config.use_decoder_only_language_model else 0
+    # A decoder-only LLM returns the prompt first; T5 adds its decoder start token.
+    assert output_ids.shape[0] == 1 and 1 <= output_ids.shape[1] - prompt_length <= 4
 
 
 # ---------------------------------------------------------------------------------------------------- Flan-T5
@@ -710,3 +712,17 @@ def test_a_full_disk_is_named_and_leaves_nothing(inputs, tmp_path, monkeypatch):
     with pytest.raises(ConversionError, match=r"Writing the converted model into .*out.partial failed: .*No space left"):
         convert(inputs, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("converted", ["vicuna_converted", "t5_converted"])
+def test_model_card_has_hub_metadata_and_a_usage_snippet_that_runs(converted, request):
+    from huggingface_hub import ModelCard
+
+    output, model = request.getfixturevalue(converted)
+    card = ModelCard.load(output / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-text-to-text"
+    assert {"instructblip", "hf_instructblip", "lavis"} <= set(card.data.tags)
+    snippet = card.text.split("```python\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout  # the last line, printing the answer, ran

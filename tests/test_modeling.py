@@ -91,10 +91,39 @@ def test_generation_matches_transformers_builtin(kind, decoding):
     ours, oracle = with_oracle(kind)
     inputs = batch(kind)
     settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, **decoding)
-    expected = oracle.generate(**inputs, **settings)
-    if kind == "llama":  # the built-in echoes the prompt in front of the answer; this model returns the answer
-        expected = expected[:, inputs["input_ids"].shape[1] :]
-    assert torch.equal(ours.generate(**inputs, **settings), expected)
+    assert torch.equal(ours.generate(**inputs, **settings), oracle.generate(**inputs, **settings))
+    dict_settings = dict(settings, return_dict_in_generate=True, output_scores=True)
+    ours_dict, oracle_dict = ours.generate(**inputs, **dict_settings), oracle.generate(**inputs, **dict_settings)
+    assert torch.equal(ours_dict.sequences, oracle_dict.sequences)
+    assert len(ours_dict.scores) == len(oracle_dict.scores) == 6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generic_vlm_snippet_slices_exactly_the_answer(kind):
+    """transformers' task-guide idiom: decoder-only output = the prompt, then the new tokens."""
+    model = tiny.model(kind)
+    processor = tiny.processor(kind)
+    inputs = batch(kind)
+    settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    generated_ids = model.generate(**inputs, **settings)
+    # The same decoding run on the embeddings alone gives the new tokens alone (the LLM's own convention).
+    embeds_only = model.generate(
+        pixel_values=inputs["pixel_values"],
+        qformer_input_ids=inputs["qformer_input_ids"],
+        qformer_attention_mask=inputs["qformer_attention_mask"],
+        inputs_embeds=model.get_input_embeddings()(inputs["input_ids"]),
+        attention_mask=inputs["attention_mask"],
+        **settings,
+    )
+    if kind == "llama":
+        assert torch.equal(generated_ids[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+        answer_ids = generated_ids[:, inputs["input_ids"].shape[1] :]
+    else:  # an encoder-decoder returns its decoder sequence: start token, then the answer
+        answer_ids = generated_ids
+    assert answer_ids.shape[1] == 6 + (kind == "t5")
+    assert torch.equal(answer_ids, embeds_only)
+    answers = processor.batch_decode(answer_ids, skip_special_tokens=True)
+    assert all(answers) and processor.post_process_image_text_to_text(answer_ids) == answers
 
 
 def test_repetition_penalty_sees_only_generated_tokens_as_in_lavis():
@@ -102,12 +131,13 @@ def test_repetition_penalty_sees_only_generated_tokens_as_in_lavis():
     ours, oracle = with_oracle("llama")
     inputs = batch("llama")
     settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, repetition_penalty=50.0)
-    answers = ours.generate(**inputs, **settings)
+    prompt_length = inputs["input_ids"].shape[1]
+    answers = ours.generate(**inputs, **settings)[:, prompt_length:]
     prompt_tokens = set(inputs["input_ids"].flatten().tolist())
-    oracle_answers = oracle.generate(**inputs, **settings)[:, inputs["input_ids"].shape[1] :]
+    oracle_answers = oracle.generate(**inputs, **settings)[:, prompt_length:]
     assert not prompt_tokens & set(oracle_answers.flatten().tolist())  # the built-in avoids every prompt token
     assert not torch.equal(answers, oracle_answers)
-    manual = ours.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    manual = ours.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)[:, prompt_length:]
     assert torch.equal(answers[:, :1], manual[:, :1])  # the first token has nothing to penalise yet
 
 
@@ -147,11 +177,11 @@ def test_video_frames_are_encoded_one_by_one_and_concatenated(kind):
     with torch.no_grad():
         video_features = model.get_image_features(
             video["pixel_values"], video["qformer_input_ids"], video["qformer_attention_mask"]
-        )
+        ).pooler_output
         per_frame = [
             model.get_image_features(
                 video["pixel_values"][:, t], video["qformer_input_ids"], video["qformer_attention_mask"]
-            )
+            ).pooler_output
             for t in range(3)
         ]
         torch.testing.assert_close(video_features, torch.cat(per_frame, dim=1))
@@ -166,8 +196,8 @@ def test_instruction_changes_the_visual_features():
     processor = tiny.processor("llama")
     inputs = [processor(images=tiny.image(0), text=text, return_tensors="pt") for text in ("what colour?", "count")]
     with torch.no_grad():
-        features = [model.get_image_features(x["pixel_values"], x["qformer_input_ids"]) for x in inputs]
-        no_instruction = model.get_image_features(inputs[0]["pixel_values"])
+        features = [model.get_image_features(x["pixel_values"], x["qformer_input_ids"]).pooler_output for x in inputs]
+        no_instruction = model.get_image_features(inputs[0]["pixel_values"]).pooler_output
     assert not torch.allclose(features[0], features[1])
     assert not torch.allclose(features[0], no_instruction)
 
@@ -179,10 +209,10 @@ def test_padding_in_the_qformer_instruction_is_ignored():
     padded = processor(images=[tiny.image(0)] * 2, text=["hi", "a much longer instruction"], padding=True,
                        return_tensors="pt")
     with torch.no_grad():
-        alone = model.get_image_features(short["pixel_values"], short["qformer_input_ids"])
+        alone = model.get_image_features(short["pixel_values"], short["qformer_input_ids"]).pooler_output
         in_batch = model.get_image_features(
             padded["pixel_values"], padded["qformer_input_ids"], padded["qformer_attention_mask"]
-        )
+        ).pooler_output
     torch.testing.assert_close(alone[0], in_batch[0], rtol=1e-5, atol=1e-6)
 
 

@@ -279,3 +279,25 @@ def test_calls_from_several_threads_do_not_affect_each_other():
     for thread in threads:
         thread.join()
     assert differences == []
+
+
+def test_max_length_counts_the_placeholders_like_the_builtin():
+    processor = tiny.processor("llama")
+    builtin = transformers.InstructBlipProcessor(
+        processor.image_processor,
+        processor.tokenizer,
+        processor.qformer_tokenizer,
+        num_query_tokens=tiny.NUM_QUERY_TOKENS,
+    )
+    texts = ["what is in the image?", "hi"]
+    images = [tiny.image(0), tiny.image(1)]
+    padded, truncated = dict(max_length=30), dict(truncation=True, max_length=12)
+    for settings in (padded, truncated):
+        settings["padding"] = "max_length"
+        ours = processor(images=images, text=texts, return_tensors="pt", **settings)
+        reference = builtin(images=images, text=texts, return_tensors="pt", **settings)
+        assert ours["input_ids"].shape[1] == settings["max_length"]
+        assert torch.equal(ours["input_ids"], reference["input_ids"]), settings
+        assert torch.equal(ours["attention_mask"], reference["attention_mask"]), settings
+    with pytest.raises(ValueError, match="max_length=4 leaves no room"):
+        processor(images=images, text=texts, padding="max_length", max_length=4)

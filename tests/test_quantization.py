@@ -44,5 +44,5 @@ def test_only_the_language_model_is_quantized(tmp_path, bits):
         assert linears and not any(isinstance(module, QUANTIZED_LINEAR[bits]) for module in linears), prefix
         assert all(module.weight.dtype == torch.bfloat16 for module in linears), prefix
     inputs = tiny.processor("llama")(images=tiny.image(0), text="what is it?", return_tensors="pt")
-    answer = quantized.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-    assert answer.shape == (1, 3)
+    output_ids = quantized.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert output_ids.shape == (1, inputs["input_ids"].shape[1] + 3)  # the prompt, then the answer

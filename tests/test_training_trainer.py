@@ -4,11 +4,14 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import datasets
 import pytest
 import tiny
 import torch
+from huggingface_hub import ModelCard
 from launch import run_script
 from safetensors.torch import load_file
 from transformers import TrainingArguments
@@ -221,12 +224,19 @@ def test_resume_refuses_a_changed_mixture(tmp_path):
 def test_model_card_lists_the_mixture(tmp_path):
     run = trainer(tmp_path, max_steps=1)
     run.train()
-    run.create_model_card()
+    run.save_model()
+    run.create_model_card(dataset_tags=["org/colours"])
     card = (tmp_path / "out" / "README.md").read_text()
     weights = run.mixture_sampler.weights
     assert f"| colour | 12 | 1 | {weights['colour']:.4f} |" in card
     assert f"| shape | 3 | 2 | {weights['shape']:.4f} |" in card
     assert "learning_rate: 0.001" in card
+    metadata = ModelCard.load(tmp_path / "out" / "README.md").data
+    assert metadata.library_name == "transformers" and metadata.pipeline_tag == "image-text-to-text"
+    assert metadata.datasets == ["org/colours"] and {"instructblip", "hf_instructblip"} <= set(metadata.tags)
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_named_datasets_only(tmp_path):
@@ -396,7 +406,7 @@ def test_vision_cache_is_least_recently_used_and_refuses_a_trainable_tower():
     entry_bytes = frozen_vision_features(vision, pixel_values[:1]).nbytes
     cache = VisionFeatureCache(2 * entry_bytes)
     embeds = cache.image_embeds(vision, pixel_values[[0, 1, 0]], ["a", "b", "a"])
-    torch.testing.assert_close(embeds, vision(pixel_values[[0, 1, 0]]))
+    torch.testing.assert_close(embeds, vision(pixel_values[[0, 1, 0]]).last_hidden_state)
     assert (cache.hits, cache.misses, list(cache.entries)) == (1, 2, ["a", "b"])
     cache.image_embeds(vision, pixel_values[[0]], ["a"])  # "a" becomes the most recent
     cache.image_embeds(vision, pixel_values[[2]], ["c"])  # evicts "b"

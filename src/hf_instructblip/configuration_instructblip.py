@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_instructblip authors. Licensed under the Apache License, Version 2.0.
 """InstructBLIP configuration: vision tower, instruction-aware Q-Former, and the language model they feed.
 
 This file ships to the Hub next to the weights (``trust_remote_code``), so it imports only from ``transformers``
@@ -163,6 +164,10 @@ PRESETS = {
 }
 
 
+# The model class's name in config.json, an alias defined next to the class in modeling_instructblip.py.
+SAVED_ARCHITECTURES = {"InstructBlipForConditionalGeneration": "HfInstructBlipForConditionalGeneration"}
+
+
 @strict
 class InstructBlipConfig(PreTrainedConfig):
     r"""Configuration of [`InstructBlipForConditionalGeneration`].
@@ -193,7 +198,10 @@ class InstructBlipConfig(PreTrainedConfig):
     model_type = "hf_instructblip"
     attribute_map = {"image_token_id": "image_token_index"}
     # Trainer's evaluation gathers every other output across batches; only `logits` are predictions.
-    keys_to_ignore_at_inference = ["last_hidden_state", "image_features", "language_model_outputs"]
+    keys_to_ignore_at_inference = [
+        "last_hidden_state", "image_features", "image_outputs", "vision_outputs", "qformer_outputs",
+        "language_model_outputs",
+    ]
     sub_configs_defaults = {
         "vision_config": InstructBlipVisionConfig,
         "qformer_config": InstructBlipQFormerConfig,
@@ -216,6 +224,14 @@ class InstructBlipConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
         self.use_decoder_only_language_model = self.text_config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # Tools resolve `architectures[0]` in `transformers` first (TRL's `trl sft`), where the model's class name
+        # is transformers' own InstructBLIP; the saved name resolves only in this package's modeling file.
+        if output.get("architectures"):
+            output["architectures"] = [SAVED_ARCHITECTURES.get(name, name) for name in output["architectures"]]
+        return output
 
     def validate_architecture(self):
         vocab_size = self.text_config.vocab_size

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_instructblip authors. Licensed under the Apache License, Version 2.0.
 """InstructBLIP: vision tower → instruction-aware Q-Former → projection → language model.
 
 Read top to bottom, this file follows the paper's figure:
@@ -19,7 +20,9 @@ import glob
 import os
 import warnings
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -27,14 +30,36 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging, torch_compilable_check
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs, maybe_install_capturing_hooks
 
 from .configuration_instructblip import InstructBlipConfig, InstructBlipQFormerConfig, InstructBlipVisionConfig
 
 
 logger = logging.get_logger(__name__)
+
+
+@dataclass
+class InstructBlipImageFeaturesOutput(BaseModelOutputWithPooling):
+    """Output of [`InstructBlipForConditionalGeneration.get_image_features`].
+
+    Args:
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, frames * num_query_tokens, text_hidden_size)`):
+            the projected query outputs: the language model's visual tokens, which replace the `<image>` placeholders.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size * frames, 1 + patches, vision_hidden_size)`):
+            the vision tower's output, which the Q-Former cross-attends to.
+        hidden_states, attentions: the vision tower's, when asked for (`output_hidden_states` / `output_attentions`).
+        vision_outputs (`BaseModelOutputWithPooling`): everything the vision tower returned.
+        qformer_outputs (`BaseModelOutputWithCrossAttentions`): everything the Q-Former returned, with its
+            self-attention (`attentions`) and cross-attention (`cross_attentions`) maps when asked for.
+    """
+
+    vision_outputs: BaseModelOutputWithPooling | None = None
+    qformer_outputs: BaseModelOutputWithCrossAttentions | None = None
 
 
 @dataclass
@@ -52,6 +77,9 @@ class InstructBlipOutput(ModelOutput):
             fused LM head (TRL's `SFTTrainer`) compute the loss from it instead of from the logits.
         image_features (`torch.FloatTensor` of shape `(batch_size, frames * num_query_tokens, text_hidden_size)`):
             the projected query outputs that replaced the `<image>` placeholders.
+        image_outputs ([`InstructBlipImageFeaturesOutput`]): what `get_image_features` returned.
+        vision_outputs (`BaseModelOutputWithPooling`), qformer_outputs (`BaseModelOutputWithCrossAttentions`): the
+            two towers' outputs (also in `image_outputs`), with their hidden states and attention maps when asked.
         language_model_outputs (`ModelOutput`): everything the language model returned (cache, hidden states...).
     """
 
@@ -59,6 +87,9 @@ class InstructBlipOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     image_features: torch.FloatTensor | None = None
+    image_outputs: InstructBlipImageFeaturesOutput | None = None
+    vision_outputs: BaseModelOutputWithPooling | None = None
+    qformer_outputs: BaseModelOutputWithCrossAttentions | None = None
     language_model_outputs: ModelOutput | None = None
 
 
@@ -91,11 +122,24 @@ class InstructBlipPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _can_compile_fullgraph = True
     _no_split_modules = ["InstructBlipVisionEncoderLayer", "InstructBlipQFormerLayer", "InstructBlipVisionEmbeddings"]
-    # LAVIS keeps the learned queries in float32 (they are tiny and feed a LayerNorm); also under bfloat16.
-    _keep_in_fp32_modules_strict = ["query_tokens"]
     # Checkpoints written by older transformers versions saved this (now derived) buffer.
     _keys_to_ignore_on_load_unexpected = [r"qformer\.embeddings\.position_ids"]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the bulk of the weights, which `save_pretrained` records as `config.dtype`.
+
+        `PreTrainedModel.dtype` is the first parameter's, here the float32 queries: a bfloat16 model would be saved
+        as float32 and `from_pretrained(..., dtype="auto")` would reload all of it in float32.
+        """
+        numel_by_dtype = Counter()
+        for parameter in self.parameters():
+            if parameter.is_floating_point():
+                numel_by_dtype[parameter.dtype] += parameter.numel()
+        return numel_by_dtype.most_common(1)[0][0]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -145,11 +189,12 @@ class InstructBlipVisionAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.projection = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S, C) → (B, S, C), and the attention weights (B, heads, S, S) where the backend computes them."""
         batch_size, seq_len, width = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_heads, -1)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, S, head_dim)
-        attended, _ = attention_function(self.config)(
+        attended, weights = attention_function(self.config)(
             self,
             query,
             key,
@@ -158,7 +203,7 @@ class InstructBlipVisionAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.config.attention_dropout if self.training else 0.0,
         )
-        return self.projection(attended.reshape(batch_size, seq_len, width))
+        return self.projection(attended.reshape(batch_size, seq_len, width)), weights
 
 
 class InstructBlipVisionMLP(nn.Module):
@@ -181,7 +226,8 @@ class InstructBlipVisionEncoderLayer(GradientCheckpointingLayer):
         self.mlp = InstructBlipVisionMLP(config)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.self_attn(self.layer_norm1(hidden_states))
+        attended, _ = self.self_attn(self.layer_norm1(hidden_states))
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.layer_norm2(hidden_states))
 
 
@@ -197,10 +243,17 @@ class InstructBlipVisionEncoder(nn.Module):
 
 
 class InstructBlipVisionModel(InstructBlipPreTrainedModel):
-    """EVA ViT image encoder: `pixel_values` (B, 3, H, W) → image embeddings (B, 1 + P, Cv)."""
+    """EVA ViT image encoder: `pixel_values` (B, 3, H, W) → image embeddings (B, 1 + P, Cv).
+
+    `output_hidden_states=True` records the embeddings and every block's output (before the final LayerNorm, as
+    the blocks produce them); `output_attentions=True` every block's attention maps (eager attention only).
+    """
 
     config_class = InstructBlipVisionConfig
     config: InstructBlipVisionConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _can_record_outputs = {"hidden_states": InstructBlipVisionEncoderLayer, "attentions": InstructBlipVisionAttention}
 
     def __init__(self, config: InstructBlipVisionConfig):
         super().__init__(config)
@@ -209,8 +262,17 @@ class InstructBlipVisionModel(InstructBlipPreTrainedModel):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.post_layernorm_eps)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.post_layernorm(self.encoder(self.embeddings(pixel_values)))
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """`pixel_values` (B, 3, H, W) → `last_hidden_state` (B, 1 + P, Cv) after the final LayerNorm, and its
+        class token as `pooler_output` (B, Cv). Takes `output_hidden_states`, `output_attentions`, `return_dict`."""
+        image_embeds = self.post_layernorm(self.encoder(self.embeddings(pixel_values)))
+        return BaseModelOutputWithPooling(last_hidden_state=image_embeds, pooler_output=image_embeds[:, 0])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -254,8 +316,9 @@ class InstructBlipQFormerMultiHeadAttention(nn.Module):
         self.key = nn.Linear(key_value_width, config.hidden_size)
         self.value = nn.Linear(key_value_width, config.hidden_size)
 
-    def forward(self, hidden_states, key_value_states, attention_mask=None) -> torch.Tensor:
-        attended, _ = attention_function(self.config)(
+    def forward(self, hidden_states, key_value_states, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S, C) attending to (B, S_kv, C_kv) → (B, S, C), and the weights (B, heads, S, S_kv) where computed."""
+        attended, weights = attention_function(self.config)(
             self,
             split_heads(self.query(hidden_states), self.num_heads),
             split_heads(self.key(key_value_states), self.num_heads),
@@ -264,7 +327,7 @@ class InstructBlipQFormerMultiHeadAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
         )
-        return attended.flatten(2)  # (B, S, C)
+        return attended.flatten(2), weights  # (B, S, C)
 
 
 class InstructBlipQFormerOutput(nn.Module):
@@ -287,7 +350,8 @@ class InstructBlipQFormerAttention(nn.Module):
         self.output = InstructBlipQFormerOutput(config, config.hidden_size)
 
     def forward(self, hidden_states, key_value_states, attention_mask=None) -> torch.Tensor:
-        return self.output(self.attention(hidden_states, key_value_states, attention_mask), hidden_states)
+        attended, _ = self.attention(hidden_states, key_value_states, attention_mask)
+        return self.output(attended, hidden_states)
 
 
 class InstructBlipQFormerIntermediate(nn.Module):
@@ -312,7 +376,8 @@ class InstructBlipQFormerLayer(GradientCheckpointingLayer):
         self.output = InstructBlipQFormerOutput(config, config.intermediate_size)
 
     def forward(self, hidden_states, attention_mask, image_embeds, num_queries: int) -> torch.Tensor:
-        """hidden_states (B, Nq + L, C), additive attention_mask (B, 1, 1, Nq + L), image_embeds (B, 1 + P, Cv)."""
+        """hidden_states (B, Nq + L, C), attention_mask over the Nq + L positions as the backend takes it (or
+        None), image_embeds (B, 1 + P, Cv)."""
         hidden_states = self.attention(hidden_states, hidden_states, attention_mask)
         queries, text = hidden_states[:, :num_queries], hidden_states[:, num_queries:]
         if hasattr(self, "crossattention"):
@@ -337,10 +402,22 @@ class InstructBlipQFormerEncoder(nn.Module):
 
 
 class InstructBlipQFormerModel(InstructBlipPreTrainedModel):
-    """The Query Transformer: queries (B, Nq, C) + instruction (B, L) + image (B, 1 + P, Cv) → (B, Nq + L, C)."""
+    """The Query Transformer: queries (B, Nq, C) + instruction (B, L) + image (B, 1 + P, Cv) → (B, Nq + L, C).
+
+    `output_hidden_states=True` records the embeddings and every layer's output; `output_attentions=True` every
+    layer's self-attention maps (over queries and instruction) and, in `cross_attentions`, the queries' attention
+    maps over the image patches (eager attention only).
+    """
 
     config_class = InstructBlipQFormerConfig
     config: InstructBlipQFormerConfig
+    _can_record_outputs = {
+        "hidden_states": InstructBlipQFormerLayer,
+        "attentions": OutputRecorder(InstructBlipQFormerMultiHeadAttention, index=1, layer_name="attention.attention"),
+        "cross_attentions": OutputRecorder(
+            InstructBlipQFormerMultiHeadAttention, index=1, layer_name="crossattention.attention"
+        ),
+    }
 
     def __init__(self, config: InstructBlipQFormerConfig):
         super().__init__(config)
@@ -348,23 +425,34 @@ class InstructBlipQFormerModel(InstructBlipPreTrainedModel):
         self.encoder = InstructBlipQFormerEncoder(config)
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.embeddings.word_embeddings = value
+
+    @capture_outputs
     def forward(
         self,
         query_embeds: torch.Tensor,
         image_embeds: torch.Tensor,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
-    ) -> torch.Tensor:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithCrossAttentions:
+        """`last_hidden_state` (B, Nq + L, C): the query outputs first. Takes `output_hidden_states`,
+        `output_attentions` (self- and cross-attention maps) and `return_dict`."""
         hidden_states = self.embeddings(query_embeds, input_ids)
         batch_size, num_queries = query_embeds.shape[:2]
         padding = None
         if input_ids is not None and attention_mask is not None:
-            query_mask = attention_mask.new_ones(batch_size, num_queries)
-            keep = torch.cat([query_mask, attention_mask], dim=1).bool()  # (B, Nq + L)
-            padding = torch.zeros(keep.shape, dtype=hidden_states.dtype, device=keep.device)
-            padding = padding.masked_fill(~keep, torch.finfo(hidden_states.dtype).min)[:, None, None, :]
+            keep = torch.cat([attention_mask.new_ones(batch_size, num_queries), attention_mask], dim=1)  # (B, Nq + L)
+            # In the form the attention backend takes (additive, boolean or flex's block mask).
+            padding = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=keep)
         image_embeds = image_embeds.to(hidden_states.dtype)
-        return self.encoder(hidden_states, padding, image_embeds, num_queries)
+        return BaseModelOutputWithCrossAttentions(
+            last_hidden_state=self.encoder(hidden_states, padding, image_embeds, num_queries)
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -379,14 +467,23 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
     LLMs (Flan-T5, where the placeholders + prompt feed the encoder), and images as well as videos.
     """
 
+    # LAVIS keeps the learned queries in float32 (they are tiny and feed a LayerNorm); also under bfloat16.
+    _keep_in_fp32_modules_strict = ["query_tokens"]
+
     def __init__(self, config: InstructBlipConfig):
         super().__init__(config)
         self.vision_model = InstructBlipVisionModel._from_config(config.vision_config)
-        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        # float32 even when built under a half-precision default (`_from_config(config, dtype=torch.bfloat16)`).
+        self.query_tokens = nn.Parameter(
+            torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size, dtype=torch.float32)
+        )
         self.qformer = InstructBlipQFormerModel._from_config(config.qformer_config)
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
         language_model_class = AutoModelForCausalLM if config.use_decoder_only_language_model else AutoModelForSeq2SeqLM
         self.language_model = language_model_class.from_config(config.text_config)
+        # `forward` always asks the LLM for its hidden states (`last_hidden_state`); transformers installs the
+        # hooks that record them lazily, under a lock that `torch.compile(fullgraph=True)` cannot trace.
+        maybe_install_capturing_hooks(self.language_model)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -472,19 +569,21 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         """The vision tower over (N, 3, H, W), once per distinct image: a batch of questions about one image holds
         it N times. Not while compiling (the distinct count is data-dependent) or in training mode (dropout)."""
         if pixel_values.shape[0] == 1 or self.vision_model.training or torch.compiler.is_compiling():
-            return self.vision_model(pixel_values)
+            return self.vision_model(pixel_values).last_hidden_state
         distinct, inverse = torch.unique(pixel_values.flatten(1), dim=0, return_inverse=True)
         if distinct.shape[0] == pixel_values.shape[0]:
-            return self.vision_model(pixel_values)
-        return self.vision_model(distinct.view(-1, *pixel_values.shape[1:]))[inverse]
+            return self.vision_model(pixel_values).last_hidden_state
+        return self.vision_model(distinct.view(-1, *pixel_values.shape[1:])).last_hidden_state[inverse]
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor | None = None,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.LongTensor | None = None,
         image_embeds: torch.FloatTensor | None = None,
-    ) -> torch.FloatTensor:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> InstructBlipImageFeaturesOutput:
         """Instruction-aware visual tokens for the language model.
 
         Args:
@@ -494,14 +593,26 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
                 in the Q-Former's vocabulary. Without it the queries see only the image (BLIP-2 behaviour).
             qformer_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*).
             image_embeds (`torch.FloatTensor`, *optional*): [`encode_images`]' output, instead of `pixel_values`.
+            kwargs: `output_hidden_states`, `output_attentions` (both towers record theirs) and `return_dict`.
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, frames * num_query_tokens, text_hidden_size)`.
+            [`InstructBlipImageFeaturesOutput`]: `pooler_output` holds the visual tokens, of shape
+            `(batch_size, frames * num_query_tokens, text_hidden_size)`.
         """
         if (pixel_values is None) == (image_embeds is None):
             raise ValueError("Pass either pixel_values or image_embeds (from model.encode_images), not both.")
-        if image_embeds is None:
-            image_embeds = self.encode_images(pixel_values)
+        # 1. The frozen image encoder; its output does not depend on the instruction.
+        config = self.vision_model.config
+        flags = ("output_hidden_states", "output_attentions")
+        record = any(kwargs.get(flag, getattr(config, flag, False)) for flag in flags)
+        if image_embeds is None and record:
+            # Recording every image's hidden states and attention maps: each image through the tower.
+            vision_outputs = self.vision_model(pixel_values.flatten(0, -4), return_dict=True, **kwargs)
+            image_embeds = vision_outputs.last_hidden_state.unflatten(0, pixel_values.shape[:-3])
+        else:
+            image_embeds = self.encode_images(pixel_values) if image_embeds is None else image_embeds
+            encoded = image_embeds.flatten(0, -3)
+            vision_outputs = BaseModelOutputWithPooling(last_hidden_state=encoded, pooler_output=encoded[:, 0])
         batch_size = image_embeds.shape[0]
         frames = image_embeds.shape[1] if image_embeds.ndim == 4 else 1
         image_embeds = image_embeds.flatten(0, -3)  # (B*T, 1 + P, Cv)
@@ -514,11 +625,32 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         if qformer_input_ids is not None and qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)
 
+        # 2. The learned queries read the instruction (self-attention) and the image (cross-attention).
         queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        query_outputs = self.qformer(queries, image_embeds, qformer_input_ids, qformer_attention_mask)
-        query_outputs = query_outputs[:, : self.config.num_query_tokens]  # (B*T, Nq, Cq)
+        qformer_outputs = self.qformer(
+            queries, image_embeds, qformer_input_ids, qformer_attention_mask, return_dict=True, **kwargs
+        )
+        query_outputs = qformer_outputs.last_hidden_state[:, : self.config.num_query_tokens]  # (B*T, Nq, Cq)
+        # 3. Projected into the LLM's embedding space: one visual token per query and frame.
         features = self.language_projection(query_outputs.to(self.language_projection.weight.dtype))
-        return features.reshape(batch_size, frames * self.config.num_query_tokens, -1)  # (B, T*Nq, Clm)
+        features = features.reshape(batch_size, frames * self.config.num_query_tokens, -1)  # (B, T*Nq, Clm)
+        return InstructBlipImageFeaturesOutput(
+            last_hidden_state=image_embeds,
+            pooler_output=features,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+            vision_outputs=vision_outputs,
+            qformer_outputs=qformer_outputs,
+        )
+
+    def _placeholder_mask(self, input_ids, inputs_embeds) -> torch.BoolTensor:
+        """(B, S): where the `<image>` placeholders are, read from `input_ids`, or without them found as the rows
+        of `inputs_embeds` that equal the placeholder's embedding."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_index
+        placeholder_id = torch.tensor(self.config.image_token_index, device=inputs_embeds.device)
+        placeholder = self.get_input_embeddings()(placeholder_id).to(inputs_embeds.dtype)
+        return (inputs_embeds == placeholder).all(dim=-1)
 
     def _embed_prompt(self, input_ids, image_features, inputs_embeds=None) -> torch.Tensor:
         """Language-model input embeddings with the `<image>` placeholders replaced by the image features.
@@ -526,23 +658,24 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         Every row must hold exactly as many placeholders as there are image features; anything else would shift
         features across rows, so it is an error.
         """
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("Pass input_ids (or inputs_embeds): they carry the prompt and the <image> placeholders.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        placeholders = input_ids == self.config.image_token_index
+        placeholders = self._placeholder_mask(input_ids, inputs_embeds)
         per_row = placeholders.sum(dim=1)
         expected = 0 if image_features is None else image_features.shape[1]
-        if (per_row != expected).any():
-            image_token = self.config.image_token_index
-            if image_features is None:
-                raise ValueError(
-                    f"input_ids contain <image> placeholders (id {image_token}) but no pixel_values (or "
-                    "image_embeds) were given."
-                )
-            raise ValueError(
+        image_token = self.config.image_token_index
+        if image_features is None:
+            message = f"input_ids contain <image> placeholders (id {image_token}) but no pixel_values or image_embeds."
+        else:
+            message = (
                 f"Each row of input_ids must contain exactly {expected} <image> placeholders (id {image_token}): "
                 f"num_query_tokens={self.config.num_query_tokens} per image or video frame; found "
-                f"{per_row.tolist()}. Build the inputs with the model's processor."
+                "{found}. Build the inputs with the model's processor."
             )
+        # A check torch.compile traces (fullgraph) instead of a data-dependent branch.
+        torch_compilable_check((per_row == expected).all(), lambda: message.format(found=per_row.tolist()))
         if image_features is None:
             return inputs_embeds
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
@@ -608,6 +741,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         if not torch.isfinite(pixel_values).all():
             refuse("pixel_values hold NaN or infinite values", "Check the images and their preprocessing.")
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -619,6 +753,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         labels: torch.LongTensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
         image_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> InstructBlipOutput:
@@ -633,46 +768,63 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
             qformer_input_ids, qformer_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`):
                 the instruction in the Q-Former's vocabulary.
             inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`,
-                *optional*): replaces the embedding lookup of `input_ids`; `input_ids` still locate the placeholders.
+                *optional*): replaces the embedding lookup of `input_ids`. The placeholders are read from
+                `input_ids` when given, else found as the rows equal to the `<image>` token's embedding.
             labels (`torch.LongTensor`, *optional*): decoder-only: shape `(batch_size, sequence_length)`, aligned
                 with `input_ids` and not shifted (the LLM shifts), -100 where no loss is taken (placeholders,
                 instruction, padding). Encoder-decoder: the decoder targets, shape `(batch_size, target_length)`.
             decoder_input_ids, decoder_attention_mask (`torch.LongTensor`, *optional*): encoder-decoder only.
             image_embeds (`torch.FloatTensor`, *optional*): [`encode_images`]' output for these rows, instead of
                 `pixel_values`: the vision tower is skipped, the Q-Former still reads each row's instruction.
-            kwargs: passed to the language model (e.g. `num_items_in_batch`). The language model is asked for its
-                hidden states (`output_hidden_states=True`) to return `last_hidden_state`; under autograd every
-                layer's output is kept for the backward pass anyway, so this costs memory only without gradients,
-                where `output_hidden_states=False` turns it off.
+            output_hidden_states (`bool`, *optional*): `False` skips the language model's hidden states, and with
+                them `last_hidden_state`; `None` (the default, also what PEFT passes) and `True` keep them, because
+                trainers with a fused LM head (TRL) need `last_hidden_state`. Under autograd every layer's output is
+                kept for the backward pass anyway, so they cost memory only without gradients. `True` also records
+                the vision tower's and the Q-Former's (in `vision_outputs` / `qformer_outputs`).
+            return_dict (`bool`, *optional*): `False` returns a tuple of the non-`None` fields.
+            kwargs: passed to the language model (`output_attentions`, `num_items_in_batch`, `use_cache`, ...);
+                `output_attentions=True` also records the towers' attention maps, the Q-Former's cross-attention
+                to the image included.
         """
-        if input_ids is None:
-            raise ValueError("input_ids are required: they carry the prompt and the <image> placeholders.")
-        self._check_inputs(
-            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
-            qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask,
-            inputs_embeds=inputs_embeds, labels=labels, image_embeds=image_embeds,
-        )
-        self._warn_if_fp16_t5()
-        image_features = None
-        if pixel_values is not None or image_embeds is not None:
-            image_features = self.get_image_features(
-                pixel_values, qformer_input_ids, qformer_attention_mask, image_embeds=image_embeds
+        if not torch.compiler.is_compiling():  # data-dependent checks; a compiled graph keeps the placeholder check
+            self._check_inputs(
+                pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask,
+                inputs_embeds=inputs_embeds, labels=labels, image_embeds=image_embeds,
             )
-        inputs_embeds = self._embed_prompt(input_ids, image_features, inputs_embeds)
+        self._warn_if_fp16_t5()
+        image_outputs = InstructBlipImageFeaturesOutput()
+        if pixel_values is not None or image_embeds is not None:
+            image_outputs = self.get_image_features(
+                pixel_values,
+                qformer_input_ids,
+                qformer_attention_mask,
+                image_embeds=image_embeds,
+                output_attentions=kwargs.get("output_attentions"),
+                output_hidden_states=output_hidden_states,
+            )
+        inputs_embeds = self._embed_prompt(input_ids, image_outputs.pooler_output, inputs_embeds)
 
         decoder_only = self.config.use_decoder_only_language_model
         if not decoder_only:
             kwargs.update(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
-        kwargs.setdefault("output_hidden_states", True)
         outputs = self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, return_dict=True, **kwargs
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            labels=labels,
+            output_hidden_states=output_hidden_states is not False,
+            return_dict=True,
+            **kwargs,
         )
         hidden_states = outputs.hidden_states if decoder_only else outputs.decoder_hidden_states
         return InstructBlipOutput(
             loss=outputs.loss,
             logits=outputs.logits,
             last_hidden_state=None if hidden_states is None else hidden_states[-1],
-            image_features=image_features,
+            image_features=image_outputs.pooler_output,
+            image_outputs=image_outputs if pixel_values is not None or image_embeds is not None else None,
+            vision_outputs=image_outputs.vision_outputs,
+            qformer_outputs=image_outputs.qformer_outputs,
             language_model_outputs=outputs,
         )
 
@@ -693,6 +845,7 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         attention_mask: torch.LongTensor | None = None,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         generation_config=None,
         image_embeds: torch.FloatTensor | None = None,
         **generate_kwargs,
@@ -704,10 +857,14 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         applies. Without `generation_config` the model's own (`generation_config.json`) is used. `image_embeds`
         ([`encode_images`]' output) can replace `pixel_values`, as in `forward`.
 
+        The LLM receives only the embeddings, as in LAVIS, so logits processors (the repetition penalty) see the
+        generated tokens alone, never the prompt.
+
         Returns:
-            `torch.LongTensor` (or a `GenerateOutput` with `return_dict_in_generate=True`): the answer tokens, without
-            the prompt, for both LLM kinds, as LAVIS returns them (`transformers`' built-in echoes the prompt of a
-            decoder-only LLM). An encoder-decoder LLM's output starts with its decoder start token.
+            `torch.LongTensor` (or a `GenerateOutput` with `return_dict_in_generate=True`), by `transformers`'
+            convention: for a decoder-only LLM, `input_ids` followed by the new tokens (the answer is
+            `output[:, input_ids.shape[1]:]`; given `inputs_embeds` alone, the new tokens alone); for an
+            encoder-decoder LLM, the decoder sequence (its start token, then the answer).
         """
         self._check_inputs(
             pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
@@ -718,30 +875,54 @@ class InstructBlipForConditionalGeneration(InstructBlipPreTrainedModel, Generati
         self.language_model.generation_config = self.generation_config
         if pixel_values is None and image_embeds is None:
             return self.language_model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **generate_kwargs
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                generation_config=generation_config,
+                **generate_kwargs,
             )
         self._warn_if_fp16_t5()
         image_features = self.get_image_features(
             pixel_values, qformer_input_ids, qformer_attention_mask, image_embeds=image_embeds
-        )
-        if input_ids is None:
+        ).pooler_output
+        if input_ids is None and inputs_embeds is None:
             frames = image_features.shape[1] // self.config.num_query_tokens
             input_ids = self._default_prompt_ids(image_features.shape[0], frames, image_features.device)
+        inputs_embeds = self._embed_prompt(input_ids, image_features, inputs_embeds)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        # Only embeddings go to the LLM, as in LAVIS: the output is the answer alone, and logits processors such as
-        # the repetition penalty see the generated tokens, not the prompt (transformers warns about exactly that).
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
         with warnings.catch_warnings():
+            # transformers warns that embeddings-only generation penalises only new tokens: that is the intent.
             warnings.filterwarnings("ignore", message=".*apply the penalty only to newly generated tokens.*")
-            return self.language_model.generate(
-                inputs_embeds=self._embed_prompt(input_ids, image_features),
+            output = self.language_model.generate(
+                inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 generation_config=generation_config,
                 **generate_kwargs,
             )
+        if self.config.use_decoder_only_language_model and input_ids is not None:
+            output = _prepend_prompt(output, input_ids)
+        return output
+
+
+# The name config.json gives the class (`architectures`): unlike the class's own name, it is not also a class of
+# `transformers`, so tools that look the architecture up there first (TRL) fall back to the `auto_map`.
+HfInstructBlipForConditionalGeneration = InstructBlipForConditionalGeneration
+
+
+def _prepend_prompt(output, input_ids: torch.LongTensor):
+    """Put the prompt in front of embeddings-only generated sequences, one copy per returned sequence."""
+    sequences = output if isinstance(output, torch.Tensor) else output.sequences
+    prompts = input_ids.to(sequences.device).repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
+    sequences = torch.cat([prompts, sequences], dim=1)
+    if isinstance(output, torch.Tensor):
+        return sequences
+    output.sequences = sequences
+    return output
 
 
 __all__ = [
+    "HfInstructBlipForConditionalGeneration",
     "InstructBlipForConditionalGeneration",
     "InstructBlipOutput",
     "InstructBlipPreTrainedModel",

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_instructblip authors. Licensed under the Apache License, Version 2.0.
 """InstructBLIP processor: images or video frames + instruction → model inputs.
 
 The instruction is tokenized twice: by the LLM tokenizer (after `num_query_tokens` `<image>` placeholders per
@@ -211,8 +212,8 @@ class InstructBlipProcessor(ProcessorMixin):
 
     ```python
     >>> inputs = processor(images=image, text="What is unusual about this image?", return_tensors="pt")
-    >>> output_ids = model.generate(**inputs, max_new_tokens=20)
-    >>> processor.batch_decode(output_ids, skip_special_tokens=True)  # the answers alone
+    >>> output_ids = model.generate(**inputs, max_new_tokens=20)  # decoder-only LLM: the prompt, then the answer
+    >>> processor.batch_decode(output_ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     ```
     """
 
@@ -257,6 +258,9 @@ class InstructBlipProcessor(ProcessorMixin):
         LLM's text: the instruction alone when `text` also holds the answer (the chat template's training path).
         It defaults to `text` without the LLM tokenizer's special tokens (a chat-rendered prompt starts with `<s>`),
         which mean nothing to the Q-Former's BERT tokenizer.
+
+        `max_length` (with `padding="max_length"` or `truncation=True`) counts the LLM input's `<image>`
+        placeholders, as transformers' processor does: the rows are `max_length` tokens long in all.
 
         `llm_max_length` truncates each LLM text from the left to that many tokens (the placeholders not counted;
         a leading `<s>` is kept), as LAVIS's training does with `max_txt_len`: the end of an instruction carries its
@@ -347,6 +351,14 @@ class InstructBlipProcessor(ProcessorMixin):
     def _tokenize_llm(
         self, text: list[str], num_placeholders: int, text_kwargs: dict, max_length: int | None = None
     ) -> dict:
+        if text_kwargs.get("max_length") is not None and num_placeholders:
+            # `max_length` counts the whole LLM input, placeholders included, as in transformers' processor.
+            if text_kwargs["max_length"] <= num_placeholders:
+                raise ValueError(
+                    f"max_length={text_kwargs['max_length']} leaves no room for text after the {num_placeholders} "
+                    "<image> placeholders; it counts the placeholders too."
+                )
+            text_kwargs = {**text_kwargs, "max_length": text_kwargs["max_length"] - num_placeholders}
         llm = dict(self.tokenizer(text, **text_kwargs)) if max_length is None else (
             self._tokenize_llm_truncated(text, text_kwargs, max_length)
         )
@@ -439,7 +451,12 @@ class InstructBlipProcessor(ProcessorMixin):
         return saved
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
-        """Decode `generate()` outputs (the `<image>` placeholders are special tokens, so they are skipped)."""
+        """Decode `generate()` outputs (the `<image>` placeholders are special tokens, so they are skipped).
+
+        For a decoder-only LLM, `generate()` returns the prompt followed by the answer: decode
+        `output_ids[:, input_ids.shape[1]:]` for the answer alone. The image-text-to-text pipeline does that with
+        `return_full_text=False` (it cuts the decoded prompt off; the answer keeps its separating space).
+        """
         return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
 

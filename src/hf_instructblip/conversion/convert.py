@@ -22,7 +22,7 @@ from .families import LlmFamily, family_of
 from .loading import WeightFile, load_state_dict, open_llm_weights, resolve_llm
 from .mapping import IGNORED_SUFFIXES, check_state_dict, drop_ignored_keys, rename_state_dict, select_eva_blocks
 from .text import lavis_generation_config, lavis_processor
-from .writing import LazyTensor, model_card, output_dtype, write_weights
+from .writing import LazyTensor, converted_model_card, output_dtype, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,10 @@ def convert_lavis_checkpoint(
     }
     with written_atomically(output_dir) as staging:
         write_weights(staging, tensors, dtypes, max_shard_size)
-        (staging / "README.md").write_text(model_card(sources, llm, variant, notes))
+        card = converted_model_card(
+            sources, llm, variant, notes, Path(output_dir).resolve(), config.use_decoder_only_language_model
+        )
+        card.save(staging / "README.md")
         save_configs_and_code(staging, model, processor, dtype)  # config.json last: only a complete folder loads
     return output_dir
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import split_torch_state_dict_into_shards
+from huggingface_hub import ModelCard, split_torch_state_dict_into_shards
+
+from ..model_card import model_card
 
 from .loading import SAFETENSORS_DTYPE_NAMES
 
@@ -88,22 +90,18 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_card(sources: dict[str, list[Path]], llm: str, variant: str | None, notes: list[str]) -> str:
-    """README.md of the converted model: where every weight came from, with checksums."""
+def converted_model_card(
+    sources: dict[str, list[Path]], llm: str, variant: str | None, notes: list[str], output_dir: Path, decoder_only: bool
+) -> ModelCard:
+    """README.md of the converted model: where every weight came from, with checksums; the LLM as `base_model`
+    when it was given as a Hub repo. The license is left out: it is the LLM's and LAVIS's, which the converter
+    cannot know."""
     rows = "\n".join(
         f"| {role} | `{path.name}` | `{sha256(path)}` |" for role, paths in sources.items() for path in paths
     )
     title = f"InstructBLIP ({variant})" if variant else "InstructBLIP"
     notes_text = "".join(f"- {note}\n" for note in notes)
-    return f"""---
-library_name: transformers
-pipeline_tag: image-text-to-text
-tags:
-- instructblip
-- hf_instructblip
----
-
-# {title}, converted from LAVIS
+    body = f"""# {title}, converted from LAVIS
 
 Converted from Salesforce LAVIS weights with `python -m hf_instructblip.conversion` of the `hf_instructblip`
 package. The language model is `{llm}`.
@@ -116,19 +114,11 @@ package. The language model is `{llm}`.
 
 ## Conversion notes
 
-{notes_text}
-## Usage
-
-```python
-from hf_instructblip import InstructBlipForConditionalGeneration, InstructBlipProcessor
-
-model = InstructBlipForConditionalGeneration.from_pretrained(MODEL_DIR)
-processor = InstructBlipProcessor.from_pretrained(MODEL_DIR)
-inputs = processor(images=image, text="What is unusual about this image?", return_tensors="pt")
-output_ids = model.generate(**inputs)  # LAVIS's defaults: beam search (5 beams), repetition penalty 1.5
-print(processor.batch_decode(output_ids, skip_special_tokens=True))  # the answer alone
-```
-
-Without the package installed, load with `AutoModelForImageTextToText.from_pretrained(MODEL_DIR,
-trust_remote_code=True)` and `AutoProcessor.from_pretrained(MODEL_DIR, trust_remote_code=True)`.
-"""
+{notes_text}"""
+    return model_card(
+        body,
+        model_id=str(output_dir),
+        decoder_only=decoder_only,
+        base_model=None if Path(llm).exists() else llm,
+        tags=["lavis", variant] if variant else ["lavis"],
+    )

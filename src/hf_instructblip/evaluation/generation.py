@@ -47,7 +47,7 @@ def generate_answers(
         inputs = model_inputs(model, processor, images[batch], instructions[batch], qformer_batch)
         output = model.generate(**inputs, **generate_kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        # This model's generate() returns the generated tokens alone for both LLM kinds (the LLM receives only
-        # embeddings, as in LAVIS), so there is no prompt to cut off.
+        if model.config.use_decoder_only_language_model:  # generate() returns the prompt, then the answer
+            sequences = sequences[:, inputs["input_ids"].shape[1] :]
         answers += [text.strip() for text in processor.batch_decode(sequences, skip_special_tokens=True)]
     return answers

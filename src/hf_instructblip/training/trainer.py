@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 import torch
+from huggingface_hub import ModelCard, ModelCardData
 from safetensors import SafetensorError
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -34,6 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.training_args import ParallelMode
 
 from ..evaluation.metrics import answer_metrics
+from ..model_card import model_card
 from .collator import IGNORE_INDEX, InstructBlipDataCollator
 from .mixture import ConcatenatedDatasets, MixtureSampler
 from .recipes import as_training_dataset
@@ -407,13 +409,25 @@ class InstructBlipTrainer(Trainer):
         return getattr(self, "_checkpoint_staging_root", None) or super()._get_output_dir(trial)
 
     def create_model_card(self, *args, **kwargs):
-        """`Trainer`'s card (hyper-parameters, evaluation results) plus the training mixture."""
+        """`Trainer`'s card (hyper-parameters, evaluation results; `dataset_tags` become `datasets`) plus the
+        training mixture, InstructBLIP's Hub metadata and a usage snippet for the saved model."""
         super().create_model_card(*args, **kwargs)
-        if not self.is_world_process_zero() or self.mixture_sampler is None:
+        if not self.is_world_process_zero():
             return
         path = os.path.join(self.args.output_dir, "README.md")
-        with open(path, "a") as f:
-            f.write("\n" + mixture_card_section(self.mixture_sampler, self.mixture_multipliers, self.model))
+        trainer_card = ModelCard.load(path)
+        body = trainer_card.text
+        if self.mixture_sampler is not None:
+            body += "\n" + mixture_card_section(self.mixture_sampler, self.mixture_multipliers, self.model)
+        model = self.accelerator.unwrap_model(self.model)
+        card = model_card(
+            body,
+            model_id=self.args.hub_model_id or os.path.abspath(self.args.output_dir),
+            decoder_only=model.config.use_decoder_only_language_model,
+            tags=list(trainer_card.data.tags or []),
+        )
+        card.data = ModelCardData(**{**trainer_card.data.to_dict(), **card.data.to_dict()})
+        card.save(path)
 
 
 def mixture_card_section(sampler: MixtureSampler, multipliers: Mapping[str, float], model: nn.Module) -> str:
