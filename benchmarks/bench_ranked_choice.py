@@ -73,7 +73,7 @@ def lavis_scores(model, processor, images, instructions, candidates) -> list[lis
     for image, instruction, cands in zip(images, instructions, candidates):
         inputs = processor(images=[image], text=[instruction], return_tensors="pt")
         features = model.get_image_features(inputs["pixel_values"], inputs["qformer_input_ids"],
-                                            inputs["qformer_attention_mask"])  # (1, 32, C)
+                                            inputs["qformer_attention_mask"]).pooler_output  # (1, 32, C)
         prompt = inputs["input_ids"][:, features.shape[1]:]
         token_ids = candidate_token_ids(processor.tokenizer, cands)
         length = max(map(len, token_ids))
