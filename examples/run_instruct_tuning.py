@@ -1,9 +1,10 @@
 """Instruction-tune InstructBLIP the paper's way (Q-Former side only, datasets sampled ∝ √size).
 
 With neither --model_name_or_path nor --datasets: the paper in miniature (`shapes_miniature.py`), offline on CPU in
-about 7 minutes on 2 cores. A tiny InstructBLIP is pre-trained on a synthetic world of coloured shapes (stage 0:
-the stand-in for Vicuna + BLIP-2, cached in --miniature_cache_dir), then instruction-tuned on five held-in
-"datasets" of very different sizes. The table puts held-in and held-out exact match after tuning beside the stage-0
+about 5 minutes on 2 cores. On a synthetic world of coloured shapes, a tiny InstructBLIP gets a frozen LLM
+pre-trained on text alone (Vicuna's place, shipped beside the example), learns BLIP-2's captioning through it
+(stage 0, cached in --miniature_cache_dir), then is instruction-tuned on five held-in "datasets" of very different
+sizes. The table puts held-in and held-out exact match after tuning beside the stage-0
 "BLIP-2" row and chance; --miniature_seeds N repeats stage 1 with N seeds (mean and range), --miniature_ablations
 adds the paper's two ablations. On a busy machine, prefix OMP_NUM_THREADS=1.
 

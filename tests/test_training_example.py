@@ -65,9 +65,9 @@ def held_out_in(texts) -> list[str]:
 
 
 def test_miniature_end_to_end_at_toy_size(tmp_path, capsys, monkeypatch):
-    """The whole pipeline (stage 0, BLIP-2 row, two stage-1 seeds, both ablations, save, reload) at toy sizes;
-    records what each stage trained on: no image-grounded held-out question anywhere."""
-    stage0a, stage0b, stage1 = [], [], []
+    """The whole pipeline (stage 0 on the shipped LLM, BLIP-2 row, two stage-1 seeds, both ablations, save,
+    reload) at toy sizes; records what each stage trained on: no image-grounded held-out question anywhere."""
+    stage0, stage1 = [], []
 
     def recorded(batches, seen):
         def recording(settings):
@@ -82,8 +82,7 @@ def test_miniature_end_to_end_at_toy_size(tmp_path, capsys, monkeypatch):
             stage1.append(train_datasets)
             super().__init__(*args, train_datasets=train_datasets, **kwargs)
 
-    monkeypatch.setattr(shapes_miniature, "language_batches", recorded(shapes_miniature.language_batches, stage0a))
-    monkeypatch.setattr(shapes_miniature, "vision_batches", recorded(shapes_miniature.vision_batches, stage0b))
+    monkeypatch.setattr(shapes_miniature, "vision_batches", recorded(shapes_miniature.vision_batches, stage0))
     monkeypatch.setattr(shapes_miniature, "InstructBlipTrainer", RecordingTrainer)
     run_instruct_tuning.main([
         "--output_dir", str(tmp_path / "out"), "--miniature_cache_dir", str(tmp_path / "cache"),
@@ -110,17 +109,54 @@ def test_miniature_end_to_end_at_toy_size(tmp_path, capsys, monkeypatch):
     assert set(results["ablations"]) == {"no_instruction_aware", "no_balancing"}
     assert all(list(scores) == list(tasks) for scores in results["ablations"].values())
 
-    # Stage 0 saw images with captions only; its questions, held-out ones included, came as text without image.
-    assert len(stage0b) == 3 and all(set(captioned) == {"image", "caption"} for captioned in stage0b)
-    assert not held_out_in(caption for captioned in stage0b for caption in captioned["caption"])
-    assert len(stage0a) == 3 and all(set(example) == {"caption", "text_input", "text_output"}
-                                     for described in stage0a for example in described)
+    # Stage 0 saw images with captions only (the LLM's questions came as text without image: the test below).
+    assert len(stage0) == 3 and all(set(captioned) == {"image", "caption"} for captioned in stage0)
+    assert not held_out_in(caption for captioned in stage0 for caption in captioned["caption"])
     # Stage 1 (2 seeds x 3 runs) trained on the held-in tasks only, none of whose texts holds a held-out question.
     assert len(stage1) == 6 and all(list(datasets) == list(shapes_miniature.TRAIN_SIZES) for datasets in stage1)
     for datasets in stage1:
         for dataset in datasets.values():
             columns = dataset.data.drop(["image"]).to_pydict()
             assert not held_out_in(str(value) for values in columns.values() for value in values)
+
+
+def test_language_model_rebuilds_from_text_alone_and_round_trips(tmp_path, monkeypatch, capsys):
+    """The shipped LLM's recipe at toy size: described scenes as text only, never an image; saved with its tokenizer,
+    read back by the miniature, and refused with the fix when the vocabulary has changed since."""
+    seen = []
+    original = shapes_miniature.language_batches
+
+    def recording(settings):
+        for batch in original(settings):
+            seen.append(batch)
+            yield batch
+
+    monkeypatch.setattr(shapes_miniature, "language_batches", recording)
+    shapes_miniature.main([str(tmp_path / "llm"), "--steps", "2", "--batch_size", "4"])
+    assert "Text probe (validation scenes): caption" in capsys.readouterr().out
+    assert len(seen) == 2 and all(set(example) == {"caption", "text_input", "text_output"}
+                                  for described in seen for example in described)
+    processor = shapes_miniature.build_processor()
+    reloaded = shapes_miniature.load_language_model(str(tmp_path / "llm"), processor.tokenizer)
+    assert reloaded.config.hidden_size == shapes_miniature.language_model_config(processor.tokenizer).hidden_size
+
+    vocabulary = json.loads((tmp_path / "llm" / "tokenizer.json").read_text())
+    vocabulary["model"]["vocab"]["zebra"] = vocabulary["model"]["vocab"].pop("circle")
+    (tmp_path / "llm" / "tokenizer.json").write_text(json.dumps(vocabulary))
+    with pytest.raises(ValueError, match=r"another vocabulary than today's \(differing: circle, zebra\); rebuild it"):
+        shapes_miniature.load_language_model(str(tmp_path / "llm"), processor.tokenizer)
+    with pytest.raises(FileNotFoundError, match="No pre-trained miniature LLM in .*rebuild it with"):
+        shapes_miniature.load_language_model(str(tmp_path / "nothing"), processor.tokenizer)
+
+
+def test_shipped_language_model_answers_every_question_type_from_text():
+    """The skill that held-out transfer rests on, and the reason the LLM ships: told a fresh scene in text, it answers
+    every task, held-out types included (the text-only pre-training saw them; no image ever did)."""
+    processor = shapes_miniature.build_processor()
+    language_model = shapes_miniature.load_language_model(shapes_miniature.LANGUAGE_MODEL_DIR, processor.tokenizer)
+    sets = shapes_miniature.evaluation_sets(40, seed=2)
+    scores = shapes_miniature.text_probe(language_model, processor.tokenizer, sets)
+    assert min(scores.values()) >= 0.95, scores
 
 
 def test_held_out_questions_are_found_where_they_are_allowed():
