@@ -160,7 +160,7 @@ def test_shipped_language_model_answers_every_question_type_from_text():
 
 
 def test_held_out_questions_are_found_where_they_are_allowed():
-    """The check above can fail: held-out questions are found in the evaluation sets and in stage 0's text."""
+    """The check above can fail: held-out questions are found in the evaluation sets and in the LLM's text."""
     sets = shapes_miniature.evaluation_sets(20)
     for task in shapes_miniature.HELD_OUT_TASKS:
         assert len(held_out_in(sets[task]["instructions"])) == 20
