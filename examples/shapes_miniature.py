@@ -267,7 +267,8 @@ def instruction_blind(model: InstructBlipForConditionalGeneration):
 
 # Shipped beside this file (with a model card saying how it was made), as Vicuna is downloaded: its pre-training took
 # 261 s on an H200 and takes over an hour on a 2-core CPU, while a newcomer's run should take five minutes.
-# `python examples/shapes_miniature.py DIR` rebuilds it.
+# `python examples/shapes_miniature.py DIR` rebuilds it; its skills appear late and at a step that varies by run, so
+# check the text probe it prints (docs/TRAINING.md).
 LANGUAGE_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes_language_model")
 
 
@@ -782,7 +783,8 @@ def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(
         description="Pre-train the miniature's LLM (Vicuna's place) from scratch on described-scene text, print its "
         "text probe (exact match per task, told the scene in text, on validation scenes) and save it to OUTPUT_DIR, "
-        "which --miniature_language_model then takes. The shipped one was made with the defaults.",
+        "which --miniature_language_model then takes. The shipped one was made with the defaults (on a GPU, from "
+        "pre-tokenized text: see its model card); skills appear late, so check the printed probe.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("output_dir")
