@@ -344,13 +344,13 @@ def prefixed_language_model_loss(language_model, tokenizer, prefix_embeds, instr
     return language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
 
-def optimise(parameters, learning_rate: float, steps: int, warmup_ratio: float, losses, description: str):
-    """AdamW (weight decay 0.05), linear warmup + cosine, clip 1.0: `steps` steps on the sum of each dict of named
-    losses that `losses` yields."""
+def optimise(parameters, schedule: Schedule, losses, description: str):
+    """AdamW (weight decay 0.05), linear warmup + cosine, clip 1.0: `schedule.steps` steps on the sum of each dict of
+    named losses that `losses` yields."""
     parameters = list(parameters)
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
-    progress = tqdm(range(steps), desc=description)
+    optimizer = torch.optim.AdamW(parameters, lr=schedule.learning_rate, weight_decay=0.05)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(schedule.warmup_ratio * schedule.steps), schedule.steps)
+    progress = tqdm(range(schedule.steps), desc=description)
     for step, named_losses in zip(progress, losses):
         sum(named_losses.values()).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -383,8 +383,7 @@ def pretrain_language_model(settings: LanguageModelSettings = LanguageModelSetti
             yield {"text": prefixed_language_model_loss(language_model, tokenizer, embed(scene_ids), instructions,
                                                         answers, scene_ids)}
 
-    optimise(language_model.parameters(), settings.learning_rate, settings.steps, settings.warmup_ratio, losses(),
-             "the LLM: pre-training on described scenes")
+    optimise(language_model.parameters(), settings, losses(), "the LLM: pre-training on described scenes")
     return language_model.eval()
 
 
@@ -471,8 +470,7 @@ def pretrain(settings: PretrainingSettings, language_model_path: str = LANGUAGE_
             yield named
 
     trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimise(trained, settings.learning_rate, settings.steps, settings.warmup_ratio, losses(),
-             "stage 0: BLIP-2 through the frozen LLM")
+    optimise(trained, settings, losses(), "stage 0: BLIP-2 through the frozen LLM")
     return model.eval(), processor
 
 
