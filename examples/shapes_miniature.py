@@ -266,7 +266,7 @@ def instruction_blind(model: InstructBlipForConditionalGeneration):
 # --- the LLM (Vicuna's place) ----------------------------------------------------------------------------------------
 
 # Shipped beside this file (with a model card saying how it was made), as Vicuna is downloaded: its pre-training took
-# 261 s on an H200 and takes over an hour on a 2-core CPU, while a newcomer's run should take five minutes.
+# 261 s on an H200 and 6,173 s on one CPU core, while a newcomer's run should take five minutes.
 # `python examples/shapes_miniature.py DIR` rebuilds it; its skills appear late and at a step that varies by run, so
 # check the text probe it prints (docs/TRAINING.md).
 LANGUAGE_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes_language_model")
